@@ -1,0 +1,57 @@
+"""A few imports for notebooks: everything the CLI does, as plain functions.
+
+    from simtune.api import run_simulation
+    result, summary = run_simulation("traces/sample.csv", "traces/sample_serve.yaml")
+    result.replicas.plot(x="time", y=["running", "target"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from simtune.params import SimParams
+from simtune.results import SimResult
+from simtune.serve_config import DeploymentSpec, load_deployment
+from simtune.service_time import parse_service_time
+from simtune.simulate import simulate
+from simtune.startup import StartupModel
+from simtune.trace import Trace, load_trace
+
+PathLike = Union[str, Path]
+
+
+def build_params(replica_startup_s: Optional[str] = None, params_file: Optional[PathLike] = None,
+                 seed: int = 0, **overrides: Any) -> SimParams:
+    """Model parameters from a params file, then the command-line overrides."""
+    params = SimParams.load(params_file) if params_file else SimParams()
+    if replica_startup_s is not None:
+        params.startup = StartupModel.parse(replica_startup_s)
+    params.seed = seed
+    for key, value in overrides.items():
+        setattr(params, key, value)
+    return params
+
+
+def run_simulation(
+    trace: Union[PathLike, Trace],
+    config: Union[PathLike, dict, DeploymentSpec],
+    *,
+    deployment: Optional[str] = None,
+    service_time: Optional[str] = None,
+    replica_startup_s: Optional[str] = None,
+    params_file: Optional[PathLike] = None,
+    params: Optional[SimParams] = None,
+    seed: int = 0,
+    slo_latency_s: Optional[float] = None,
+    cost_per_replica_hour: Optional[float] = None,
+    cost_per_gpu_hour: Optional[float] = None,
+) -> tuple[SimResult, dict]:
+    tr = trace if isinstance(trace, Trace) else load_trace(trace)
+    spec = config if isinstance(config, DeploymentSpec) else load_deployment(config, deployment)
+    dist = parse_service_time(service_time) if service_time else None
+    if params is None:
+        params = build_params(replica_startup_s, params_file, seed)
+    result = simulate(tr, spec, params, service_time=dist, seed=seed)
+    summary = result.summary(slo_latency_s, cost_per_replica_hour, cost_per_gpu_hour)
+    return result, summary

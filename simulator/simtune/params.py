@@ -1,0 +1,90 @@
+"""Free parameters of the model: what Ray does not expose and must be measured.
+
+Everything Ray does expose (the deployment config, RAY_SERVE_* constants) comes from
+the Serve config and Ray itself; these are the rest. `simtune validate --calibrate`
+fits them from a real run and writes a YAML file that `run`/`recommend` read with
+`--params FILE`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from simtune.errors import InputError
+from simtune.startup import StartupModel
+
+
+@dataclass
+class SimParams:
+    startup: StartupModel = field(default_factory=StartupModel)
+    proxy_overhead_s: float = 0.0  # HTTP proxy + network time added to each latency (no slot held)
+    slot_overhead_s: float = 0.0  # replica-side time per request on top of service_time (slot held)
+    controller_step_s: float = 0.0  # controller work per tick, added to the 0.1 s sleep
+    push_delay_s: float = 0.0  # handle -> controller metrics RPC transit
+    broadcast_delay_s: float = 0.0  # controller -> router long-poll propagation
+    tick_phase_s: Optional[float] = None  # None: drawn from the seed
+    metrics_phase_s: Optional[float] = None  # None: drawn from the seed
+    immediate_attempts: int = 3  # routing attempts before backoff sleeps: local-node, all, all
+    warm_start: bool = True  # initial replicas already RUNNING when the trace starts
+    exhaustive_ticks: bool = False  # execute every 0.1 s tick (testing the tick skipping)
+    drain_limit_s: float = 3600.0  # after the last arrival, stop waiting for stragglers
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "startup"}
+        s = self.startup
+        out["startup"] = {"kind": s.kind, "base_s": s.base_s, "per_extra_s": s.per_extra_s,
+                          "values": list(s.values), "extra_s": s.extra_s,
+                          "spec": s.dist.spec if s.dist is not None else None}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "<params>") -> "SimParams":
+        data = dict(data or {})
+        startup = data.pop("startup", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"{where}: unknown parameter(s) {sorted(unknown)} (known: {sorted(names)})")
+        params = cls(**data)
+        if startup is not None:
+            if isinstance(startup, (int, float, str)):
+                params.startup = StartupModel.parse(startup)
+            elif isinstance(startup, dict):
+                kind = startup.get("kind", "linear")
+                if kind == "empirical":
+                    params.startup = StartupModel.empirical(startup.get("values") or [])
+                elif kind == "constant":
+                    params.startup = StartupModel.constant(startup.get("base_s", 0.0))
+                elif kind == "linear":
+                    params.startup = StartupModel.linear(startup.get("base_s", 1.6), startup.get("per_extra_s", 0.8))
+                else:
+                    params.startup = StartupModel.parse(startup.get("spec"))
+                params.startup.extra_s = float(startup.get("extra_s", 0.0) or 0.0)
+            else:
+                raise InputError(f"{where}: startup must be a number, a spec string or a mapping")
+        for name in ("proxy_overhead_s", "slot_overhead_s", "controller_step_s", "push_delay_s", "broadcast_delay_s"):
+            if getattr(params, name) < 0:
+                raise InputError(f"{where}: {name} must be >= 0")
+        return params
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SimParams":
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a mapping of parameters")
+        return cls.from_dict(data, str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=True))
