@@ -33,6 +33,7 @@ class SimParams:
     warm_start: bool = True  # initial replicas already RUNNING when the trace starts
     exhaustive_ticks: bool = False  # execute every 0.1 s tick (testing the tick skipping)
     drain_limit_s: float = 3600.0  # after the last arrival, stop waiting for stragglers
+    tail_s: float = 0.0  # keep simulating this long after the last request ended (scale-down tail)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -80,6 +80,9 @@ def simulate(
     dp.advance(env.now)
     ended = dp.end[np.isfinite(dp.end)]
     horizon = max(last, float(ended.max()) if ended.size else last)
+    if params.tail_s > 0:
+        horizon += params.tail_s
+        env.run(until=horizon)
     wall = time.perf_counter() - wall0
     return SimResult(
         arrival=dp.arr_t, start=dp.start, end=dp.end, status=dp.status, replica=dp.replica, service_time=svc,
