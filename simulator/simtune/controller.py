@@ -39,6 +39,7 @@ from typing import Optional
 import numpy as np
 import simpy
 
+from simtune.cluster_base import Cluster, UnlimitedCluster
 from simtune.custom_policy import CustomPolicyRunner, is_custom_policy
 from simtune.dataplane import A_PTR, N_ROUTABLE, DataPlane
 from simtune.metrics import HandleMetricsStore, QUEUED_KEY, WindowAggregate
@@ -54,7 +55,9 @@ STARTING, RUNNING, STOPPING, STOPPED = "STARTING", "RUNNING", "STOPPING", "STOPP
 class ReplicaRecord:
     rid: int
     created_t: float
-    ready_t: float  # when startup finishes (RUNNING at the first tick after)
+    ready_t: float  # when startup finishes (RUNNING at the first tick after); inf while waiting for resources
+    startup_s: float = 0.0  # the startup model's time, counted from when resources are granted
+    alloc_t: Optional[float] = None  # when the cluster granted its resources
     state: str = STARTING
     running_t: Optional[float] = None
     stop_t: Optional[float] = None
@@ -68,8 +71,9 @@ class Controller:
     """One deployment's controller, replicas and the proxy handle's metrics."""
 
     def __init__(self, env: simpy.Environment, spec: DeploymentSpec, knobs: RayKnobs, params: SimParams,
-                 dp: DataPlane, rng: np.random.Generator, t_start: float) -> None:
+                 dp: DataPlane, rng: np.random.Generator, t_start: float, cluster: Optional[Cluster] = None) -> None:
         self.env, self.spec, self.knobs, self.params, self.dp, self.rng = env, spec, knobs, params, dp, rng
+        self.cluster: Cluster = cluster if cluster is not None else UnlimitedCluster()
         self.period = knobs.control_loop_interval_s + params.controller_step_s
         phase = params.tick_phase_s if params.tick_phase_s is not None else float(rng.uniform(0, self.period))
         self.t0 = t_start + phase
@@ -118,11 +122,22 @@ class Controller:
 
     # -- bookkeeping -------------------------------------------------------------------
     def _new_replica(self, t: float, startup_s: float) -> ReplicaRecord:
-        r = ReplicaRecord(rid=self._next_id, created_t=t, ready_t=t + startup_s)
+        r = ReplicaRecord(rid=self._next_id, created_t=t, ready_t=math.inf, startup_s=startup_s)
         self._next_id += 1
         self.dp.ensure_replica(r.rid)
         self.replicas.append(r)
+        granted = self.cluster.request(t, r.rid)
+        if granted is not None:
+            r.alloc_t, r.ready_t = granted, granted + startup_s
         return r
+
+    def _release(self, t: float, r: ReplicaRecord) -> None:
+        """Give a stopped replica's resources back; waiting replicas may now start."""
+        by_id = {x.rid: x for x in self.replicas}
+        for rid, granted in self.cluster.release(t, r.rid):
+            w = by_id.get(rid)
+            if w is not None and w.state == STARTING:
+                w.alloc_t, w.ready_t = granted, granted + w.startup_s
 
     def counts(self) -> tuple[int, int, int]:
         running = starting = stopping = 0
@@ -258,10 +273,12 @@ class Controller:
             elif r.state == STOPPING:
                 if r.drained_t is not None and r.drained_t <= t:
                     r.state, r.stopped_t = STOPPED, t
+                    self._release(t, r)
                     changed = True
                 elif t >= r.deadline_t:
                     r.killed_requests = dp.kill_replica(t, r.rid)
                     r.state, r.stopped_t = STOPPED, t
+                    self._release(t, r)
                     changed = True
         # 1b. scale to the target.
         running, starting, _ = self.counts()
@@ -309,6 +326,7 @@ class Controller:
             if r.state == STARTING:
                 # Never initialized: the actor is killed without a drain.
                 r.state, r.stop_t, r.stopped_t = STOPPED, t, t
+                self._release(t, r)
                 continue
             r.state, r.stop_t = STOPPING, t
             r.deadline_t = t + self.spec.graceful_shutdown_timeout_s
@@ -358,7 +376,7 @@ class Controller:
         if running + starting != self.target:
             cands.append(k + 1)
         for r in self.replicas:
-            if r.state == STARTING:
+            if r.state == STARTING and not math.isinf(r.ready_t):
                 cands.append(self._tick_index_at_or_after(r.ready_t))
             elif r.state == STOPPING:
                 if r.drained_t is not None:

@@ -39,6 +39,7 @@ class SimResult:
     wall_s: float
     ticks_executed: int
     num_gpus: float = 0.0
+    cluster: Any = None  # the Cluster model used (node timeline, cost), if any
     meta: dict[str, Any] = field(default_factory=dict)
 
     # -- per-request views -------------------------------------------------------------

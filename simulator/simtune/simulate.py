@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import simpy
 
+from simtune.cluster_base import Cluster
 from simtune.controller import Controller
 from simtune.dataplane import DataPlane
 from simtune.errors import InputError
@@ -47,6 +48,7 @@ def simulate(
     service_time: Optional[ServiceTimeDist] = None,
     seed: Optional[int] = None,
     knobs: Optional[RayKnobs] = None,
+    cluster: Optional[Cluster] = None,
 ) -> SimResult:
     """Replay `trace` through a model of Serve running `spec`; deterministic given the seed."""
     params = params or SimParams()
@@ -69,7 +71,7 @@ def simulate(
         replica_capacity=max(64, 2 * (cfg.max_replicas if cfg is not None else spec.num_replicas)),
     )
     rng = np.random.default_rng([seed, 2])
-    ctrl = Controller(env, spec, knobs, params, dp, rng, t_start)
+    ctrl = Controller(env, spec, knobs, params, dp, rng, t_start, cluster=cluster)
     last = float(trace.timestamps[-1])
     env.run(until=last + 1e-9)
     limit = last + params.drain_limit_s
@@ -83,12 +85,15 @@ def simulate(
     if params.tail_s > 0:
         horizon += params.tail_s
         env.run(until=horizon)
+    if cluster is not None:
+        cluster.finish(horizon)
     wall = time.perf_counter() - wall0
     return SimResult(
         arrival=dp.arr_t, start=dp.start, end=dp.end, status=dp.status, replica=dp.replica, service_time=svc,
         proxy_overhead_s=params.proxy_overhead_s, timeline=ctrl.timeline, decisions_list=ctrl.decisions,
         replica_records=ctrl.replicas + ctrl.stopped, horizon=horizon, wall_s=wall,
         ticks_executed=ctrl.ticks_executed, num_gpus=spec.num_gpus,
+        cluster=cluster,
         meta={"deployment": f"{spec.app_name}/{spec.name}", "ray_version": knobs.ray_version, "seed": seed,
               "startup_model": params.startup.describe()},
     )
