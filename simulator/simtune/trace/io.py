@@ -72,6 +72,10 @@ def parse_timestamps(col: pa.ChunkedArray | pa.Array, where: str) -> tuple[np.nd
         numeric = pd.to_numeric(raw, errors="coerce")
         if numeric.notna().all():
             return numeric.to_numpy(dtype=np.float64), None
+        if numeric.notna().sum() * 2 > len(raw):
+            # Mostly numbers: the odd ones out are the bad rows.
+            row = _first_bad_row(numeric.isna().to_numpy())
+            raise InputError(f"{where}: row {row}: timestamp {raw.iloc[row - 1]!r} is not a number")
         series = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
         bad = series.isna().to_numpy()
         if bad.any():
