@@ -33,6 +33,23 @@ def build_params(replica_startup_s: Optional[str] = None, params_file: Optional[
     return params
 
 
+def parse_window(text: Optional[str]) -> tuple[Optional[float], Optional[float]]:
+    """`START:END` seconds (either side may be empty) -> (start, end)."""
+    if not text:
+        return None, None
+    from simtune.errors import InputError
+
+    lo, sep, hi = text.partition(":")
+    try:
+        start = float(lo) if lo.strip() else None
+        end = float(hi) if hi.strip() else None
+    except ValueError:
+        raise InputError(f"--time-window {text!r}: expected START:END in seconds, e.g. 600:1800") from None
+    if not sep or (start is not None and end is not None and end <= start):
+        raise InputError(f"--time-window {text!r}: expected START:END with END > START")
+    return start, end
+
+
 def run_simulation(
     trace: Union[PathLike, Trace],
     config: Union[PathLike, dict, DeploymentSpec],
@@ -46,12 +63,13 @@ def run_simulation(
     slo_latency_s: Optional[float] = None,
     cost_per_replica_hour: Optional[float] = None,
     cost_per_gpu_hour: Optional[float] = None,
+    tail_s: float = 0.0,
 ) -> tuple[SimResult, dict]:
-    tr = trace if isinstance(trace, Trace) else load_trace(trace)
+    tr = trace if isinstance(trace, Trace) else load_trace(trace, seed=seed)
     spec = config if isinstance(config, DeploymentSpec) else load_deployment(config, deployment)
     dist = parse_service_time(service_time) if service_time else None
     if params is None:
-        params = build_params(replica_startup_s, params_file, seed)
+        params = build_params(replica_startup_s, params_file, seed, tail_s=tail_s)
     result = simulate(tr, spec, params, service_time=dist, seed=seed)
     summary = result.summary(slo_latency_s, cost_per_replica_hour, cost_per_gpu_hour)
     return result, summary

@@ -40,6 +40,11 @@ def run(
     trace: Path = typer.Option(..., "--trace", help="Trace file (CSV or Parquet) with a `timestamp` column."),
     config: Path = typer.Option(..., "--config", help="Serve config, RayService manifest or deployment YAML."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
+    trace_format: str = typer.Option("auto", "--trace-format", help="auto, csv, parquet, jsonl, azure_llm, mooncake, "
+                                     "count (see `simtune trace --help`)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Thin (<1) or superpose (>1) the trace's traffic."),
+    time_window: Optional[str] = typer.Option(None, "--time-window", help="START:END seconds of the trace to replay."),
+    tail_s: float = typer.Option(0.0, "--tail-s", help="Keep simulating this long after the last request ended."),
     service_time: Optional[str] = typer.Option(
         None, "--service-time", help="Service-time distribution if the trace has none: const:0.05, exp:0.05, "
         "lognormal:mean=0.05,p99=0.4, empirical:FILE[:COLUMN]. Overrides the trace's column when given."),
@@ -59,14 +64,17 @@ def run(
     """Replay a trace through a model of Ray Serve's autoscaler, router and replicas."""
     _setup_logging(verbose)
     try:
-        from simtune.api import run_simulation
+        from simtune.api import parse_window, run_simulation
+        from simtune.trace import load_trace
 
         if fmt not in ("text", "json"):
             from simtune.errors import InputError
 
             raise InputError(f"--format {fmt!r}: expected text or json")
+        start, end = parse_window(time_window)
+        tr = load_trace(trace, format=trace_format, seed=seed, rate_scale=rate_scale, start=start, end=end)
         result, summary = run_simulation(
-            trace=trace, config=config, deployment=deployment, service_time=service_time,
+            trace=tr, config=config, tail_s=tail_s, deployment=deployment, service_time=service_time,
             replica_startup_s=replica_startup_s, params_file=params_file, seed=seed, slo_latency_s=slo_latency_s,
             cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour,
         )
