@@ -40,6 +40,14 @@ def service_times_for(trace: Trace, service_time: Optional[ServiceTimeDist], see
     return own
 
 
+def sim_start_time(trace: Trace, spec: DeploymentSpec) -> float:
+    """When the simulated clock starts: a warm-up before the first request (look-back plus
+    two pushes) so the metrics pipeline is in its steady state when traffic begins."""
+    cfg = spec.autoscaling
+    warmup = float(cfg.look_back_period_s) + 2 * float(cfg.metrics_interval_s) if cfg is not None else 1.0
+    return float(trace.timestamps[0]) - warmup
+
+
 def simulate(
     trace: Trace,
     spec: DeploymentSpec,
@@ -59,8 +67,7 @@ def simulate(
     svc = service_times_for(trace, service_time, seed)
     wall0 = time.perf_counter()
     cfg = spec.autoscaling
-    warmup = float(cfg.look_back_period_s) + 2 * float(cfg.metrics_interval_s) if cfg is not None else 1.0
-    t_start = float(trace.timestamps[0]) - warmup
+    t_start = sim_start_time(trace, spec)
     env = simpy.Environment(initial_time=t_start)
     backoff = (knobs.router_initial_backoff_s, knobs.router_backoff_multiplier, knobs.router_max_backoff_s)
     dp = DataPlane(

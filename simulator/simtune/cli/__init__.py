@@ -105,6 +105,12 @@ def _mount_optional() -> None:
     except ImportError:
         pass
     try:
+        from simtune.cli.plan_cmd import plan
+
+        app.command("plan")(plan)
+    except ImportError:
+        pass
+    try:
         from simtune.cli.recommend_cmd import recommend
 
         app.command("recommend")(recommend)
