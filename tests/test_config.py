@@ -105,3 +105,11 @@ def test_invalid_yaml_names_line(tmp_path):
     f.write_text("name: d\n  bad: [\n")
     with pytest.raises(InputError, match="line"):
         load_deployment(f)
+
+
+def test_request_router_backoff_is_read_from_ray_class():
+    from ray.serve.config import RequestRouterConfig
+
+    spec = load_deployment({"name": "d", "request_router_config": {"initial_backoff_s": 0.05, "max_backoff_s": 1.0}})
+    assert spec.router_backoff == (0.05, RequestRouterConfig().backoff_multiplier, 1.0)
+    assert load_deployment({"name": "d"}).router_backoff is None

@@ -49,6 +49,9 @@ class DeploymentSpec:
     autoscaling: Any = None  # ray.serve.config.AutoscalingConfig | None
     request_timeout_s: Optional[float] = None
     ray_actor_options: dict = field(default_factory=dict)
+    # (initial_backoff_s, backoff_multiplier, max_backoff_s) from request_router_config
+    # (2.60: RequestRouterConfig, whose defaults are the RAY_SERVE_ROUTER_RETRY_* env vars).
+    router_backoff: Optional[tuple[float, float, float]] = None
     deployment_options: dict = field(default_factory=dict)
     document: Any = None
     kind: str = "deployment"  # "serve_config" | "rayservice" | "deployment"
@@ -161,6 +164,23 @@ def deployment_from_mapping(
         }
         if isinstance(num_replicas_field, int):
             dc_kwargs["num_replicas"] = num_replicas_field
+        router_backoff = None
+        if set_fields.get("request_router_config") is not None:
+            try:
+                from ray.serve.config import RequestRouterConfig
+
+                rrc = RequestRouterConfig(**set_fields["request_router_config"])
+            except Exception as exc:
+                raise _format_validation_error(exc, f"{where}: request_router_config") from None
+            router_backoff = (float(rrc.initial_backoff_s), float(rrc.backoff_multiplier), float(rrc.max_backoff_s))
+            router_class = getattr(rrc, "request_router_class", None)
+            default_class = RequestRouterConfig().request_router_class
+            if router_class is not None and str(router_class) != str(default_class):
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "%s: custom request_router_class %s is modelled as the default power-of-two router", where,
+                    router_class)
         try:
             dc = DeploymentConfig.from_default(**dc_kwargs)
             if auto_cfg is not None:
@@ -178,6 +198,7 @@ def deployment_from_mapping(
         autoscaling=auto_cfg,
         request_timeout_s=request_timeout_s,
         ray_actor_options=dict(set_fields.get("ray_actor_options") or {}),
+        router_backoff=router_backoff,
         deployment_options=opts,
         source=source,
     )
