@@ -64,12 +64,20 @@ def run_simulation(
     cost_per_replica_hour: Optional[float] = None,
     cost_per_gpu_hour: Optional[float] = None,
     tail_s: float = 0.0,
+    service_model: Union[PathLike, Any, None] = None,
+    slo_ttft_s: Optional[float] = None,
+    slo_tpot_s: Optional[float] = None,
 ) -> tuple[SimResult, dict]:
     tr = trace if isinstance(trace, Trace) else load_trace(trace, seed=seed)
     spec = config if isinstance(config, DeploymentSpec) else load_deployment(config, deployment)
     dist = parse_service_time(service_time) if service_time else None
     if params is None:
         params = build_params(replica_startup_s, params_file, seed, tail_s=tail_s)
-    result = simulate(tr, spec, params, service_time=dist, seed=seed)
-    summary = result.summary(slo_latency_s, cost_per_replica_hour, cost_per_gpu_hour)
+    if isinstance(service_model, (str, Path)):
+        from simtune.service_models import load_service_model
+
+        service_model = load_service_model(service_model)
+    result = simulate(tr, spec, params, service_time=dist, seed=seed, service_model=service_model)
+    summary = result.summary(slo_latency_s, cost_per_replica_hour, cost_per_gpu_hour,
+                             slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     return result, summary

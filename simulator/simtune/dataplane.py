@@ -18,6 +18,14 @@ Mirrors (Ray 2.60):
     waiting request leaves the queue, a running one is cancelled -> 408).
 Reference: section 6 of ray-serve-autoscaling.md.
 
+Replica side: by default a request holds its slot for its own service time (the fixed
+model). With a service model (simtune.service_models: concurrency curve, @serve.batch,
+LLM engine; `DataPlane(service_model=...)`), an accepted request is handed to the model
+through an EV_ADMIT heap event and keeps its slot until the model completes it or its
+deadline cancels it inside the model (408). Heap values are id * 8 + kind (see
+simtune.service_models.kernels); the routing functions never carry the model's arrays,
+so the fixed model's hot path is unchanged.
+
 Why numba: this is the per-request hot path. Everything is a flat array and the loop
 is compiled; the control plane (simtune.controller) calls `advance(t)` between its
 events and reads the counters it needs (queued, per-replica running).
@@ -30,20 +38,13 @@ import math
 import numba as nb
 import numpy as np
 
-# Request status codes in the result arrays.
-PENDING = 0
-RUNNING = 1
-OK = 200
-REJECTED = 503
-TIMED_OUT = 408
-FAILED = 500
-
-# int state vector slots
-A_PTR, Q_HEAD, Q_TAIL, R_PTR, N_ROUTABLE, HEAP_N, N_TASKS, N_INFLIGHT, CAP, MAX_QUEUED, N_IMMEDIATE, N_REQ = range(12)
-N_STATE_I = 12
-# float state vector slots
-TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW = range(6)
-N_STATE_F = 6
+from simtune.service_models.kernels import (  # noqa: F401  (constants re-exported)
+    A_PTR, BO_INIT, BO_MAX, BO_MULT, CAP, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_MODEL, EV_TASK,
+    FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
+    N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
+    SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
+    MK_STREAM, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
+)
 
 MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
 TASK_FREE, TASK_SLEEPING, TASK_WAITING, TASK_RUNNING = 0, 1, 2, 3
@@ -52,65 +53,6 @@ TASK_FREE, TASK_SLEEPING, TASK_WAITING, TASK_RUNNING = 0, 1, 2, 3
 @nb.njit(cache=True)
 def seed_kernel(seed: int) -> None:
     np.random.seed(seed)
-
-
-@nb.njit(cache=True, inline="always")
-def _heap_push(ht, hv, si, t, v):
-    n = si[HEAP_N]
-    ht[n] = t
-    hv[n] = v
-    si[HEAP_N] = n + 1
-    while n > 0:
-        p = (n - 1) >> 1
-        if ht[p] < ht[n] or (ht[p] == ht[n] and hv[p] <= hv[n]):
-            break
-        ht[p], ht[n] = ht[n], ht[p]
-        hv[p], hv[n] = hv[n], hv[p]
-        n = p
-
-
-@nb.njit(cache=True, inline="always")
-def _heap_pop(ht, hv, si):
-    n = si[HEAP_N] - 1
-    t0 = ht[0]
-    v0 = hv[0]
-    ht[0] = ht[n]
-    hv[0] = hv[n]
-    si[HEAP_N] = n
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        c = left
-        right = left + 1
-        if right < n and (ht[right] < ht[left] or (ht[right] == ht[left] and hv[right] < hv[left])):
-            c = right
-        if ht[i] < ht[c] or (ht[i] == ht[c] and hv[i] <= hv[c]):
-            break
-        ht[i], ht[c] = ht[c], ht[i]
-        hv[i], hv[c] = hv[c], hv[i]
-        i = c
-    return t0, v0
-
-
-@nb.njit(cache=True)
-def _heapify(ht, hv, n):
-    for start in range((n - 2) // 2, -1, -1):
-        i = start
-        while True:
-            left = 2 * i + 1
-            if left >= n:
-                break
-            c = left
-            right = left + 1
-            if right < n and (ht[right] < ht[left] or (ht[right] == ht[left] and hv[right] < hv[left])):
-                c = right
-            if ht[i] < ht[c] or (ht[i] == ht[c] and hv[i] <= hv[c]):
-                break
-            ht[i], ht[c] = ht[c], ht[i]
-            hv[i], hv[c] = hv[c], hv[i]
-            i = c
 
 
 @nb.njit(cache=True, inline="always")
@@ -166,6 +108,12 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
     sent[r] += 1
     ever_sent[r] = 1
     si[N_INFLIGHT] += 1
+    if si[MODEL] != MK_FIXED:
+        # A service model decides when it finishes: hand it over (EV_ADMIT, processed next
+        # at this same time by advance_kernel, which holds the model's arrays).
+        status[i] = RUNNING
+        _heap_push(ht, hv, si, t, i * N_EV + EV_ADMIT)
+        return
     done = t + svc[i] + sf[SLOT_OVERHEAD]
     deadline = arr_t[i] + sf[TIMEOUT]
     if deadline < done:
@@ -174,7 +122,7 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
     else:
         status[i] = RUNNING
     end[i] = done
-    _heap_push(ht, hv, si, done, i * 2)
+    _heap_push(ht, hv, si, done, i * N_EV + EV_DONE)
 
 
 @nb.njit(cache=True)
@@ -209,7 +157,7 @@ def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongo
         s = _sleep_before(si, sf, task_tries[k])
         if s > 0.0:
             task_state[k] = TASK_SLEEPING
-            _heap_push(ht, hv, si, t + s, k * 2 + 1)
+            _heap_push(ht, hv, si, t + s, k * N_EV + EV_TASK)
             return
 
 
@@ -232,12 +180,35 @@ def _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica
 
 
 @nb.njit(cache=True)
+def _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, ongoing, sent, ht, hv, M):
+    """A heap event that belongs to a service model (admit, model event, deadline)."""
+    if kind == EV_ADMIT:
+        if status[idx] == RUNNING:
+            model_admit(tt, replica[idx], idx, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv, M)
+    elif kind == EV_MODEL:
+        mnext = M[0]
+        si[N_MEV] -= 1
+        if tt == mnext[idx]:
+            mnext[idx] = math.inf
+            model_event(tt, idx, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv, M)
+    else:  # EV_DEADLINE: request_timeout_s cancels a request inside a model -> 408
+        mpos = M[6]
+        if status[idx] == RUNNING and mpos[idx] >= 0:
+            r = replica[idx]
+            model_cancel(tt, r, idx, si, svc, status, ht, hv, M)
+            mpos[idx] = -1
+            status[idx] = TIMED_OUT
+            end[idx] = tt
+            release_slot(r, si, ongoing, sent)
+
+
+@nb.njit(cache=True)
 def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                   ht, hv, routable, task_state, task_own, task_tries):
+                   ht, hv, routable, task_state, task_own, task_tries, M):
     """Process every request event with time <= t_until, in time order.
 
     Order at equal times: queue-head expiry, then heap events (completions, task
-    wake-ups), then arrivals.
+    wake-ups, model events; by (time, value)), then arrivals.
     """
     n = si[N_REQ]
     timeout = sf[TIMEOUT]
@@ -262,18 +233,19 @@ def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, repli
             continue
         if t_heap <= t_arr:
             tt, v = _heap_pop(ht, hv, si)
-            idx = v >> 1
-            if v & 1 == 0:
+            idx = v >> EV_BITS
+            kind = v & EV_MASK
+            if kind == EV_DONE:
                 r = replica[idx]
                 if status[idx] == RUNNING:
                     status[idx] = OK
-                ongoing[r] -= 1
-                sent[r] -= 1
-                si[N_INFLIGHT] -= 1
-            else:
+                release_slot(r, si, ongoing, sent)
+            elif kind == EV_TASK:
                 task_state[idx] = TASK_RUNNING
                 _run_task(idx, tt, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent,
                           ever_sent, ht, hv, routable, task_state, task_own, task_tries)
+            else:
+                _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, ongoing, sent, ht, hv, M)
             continue
         # Arrival.
         si[A_PTR] = a + 1
@@ -315,24 +287,48 @@ def set_routable_kernel(t, rid, add, si, sf, arr_t, svc, queue, start, end, stat
 
 
 @nb.njit(cache=True)
-def kill_kernel(t, rid, si, end, status, replica, ongoing, sent, ht, hv):
+def kill_kernel(t, rid, si, end, status, replica, ongoing, sent, ht, hv, M):
     """Force-kill replica rid: its in-flight requests fail now (HTTP 500, not retried)."""
     killed = 0
     for j in range(si[HEAP_N]):
         v = hv[j]
-        if v & 1 == 0:
-            i = v >> 1
+        kind = v & EV_MASK
+        i = v >> EV_BITS
+        if kind == EV_DONE:
             if replica[i] == rid and ht[j] > t:
                 ht[j] = t
                 status[i] = FAILED
                 end[i] = t
                 killed += 1
+        elif kind == EV_ADMIT and replica[i] == rid and status[i] == RUNNING:
+            # accepted but not yet inside the model: fails now, its slot is freed at the pop
+            ht[j] = t
+            hv[j] = i * N_EV + EV_DONE
+            status[i] = FAILED
+            end[i] = t
+            killed += 1
     _heapify(ht, hv, si[HEAP_N])
+    if si[MODEL] != MK_FIXED:
+        killed += model_kill(t, rid, si, end, status, replica, ongoing, sent, M)
     return killed
 
 
+def _empty_model_arrays() -> tuple:
+    """Placeholders with the model arrays' types, for the fixed model (one compiled kernel)."""
+    f1, i1 = np.zeros(1), np.zeros(1, dtype=np.int64)
+    return (np.full(1, np.inf), np.zeros((1, 4)), np.zeros((1, 8), dtype=np.int64),
+            np.full((1, 1), -1, dtype=np.int64), np.zeros((1, 1)), np.zeros((1, 1)),
+            i1.copy(), i1.copy(), f1.copy(), i1.copy(), f1.copy(), f1.copy(), f1.copy(), f1.copy(),
+            np.zeros((1, 5), dtype=np.int64), np.zeros((1, 2)))
+
+
 class DataPlane:
-    """Owns the request arrays and the compiled router/replica state for one handle."""
+    """Owns the request arrays and the compiled router/replica state for one handle.
+
+    `service_model` (simtune.service_models; None = fixed service times) decides when a
+    request that a replica accepted finishes; `columns` are the trace's per-request
+    columns it may read (e.g. input_tokens/output_tokens for the LLM model).
+    """
 
     def __init__(
         self,
@@ -347,6 +343,8 @@ class DataPlane:
         slot_overhead_s: float = 0.0,
         seed: int = 0,
         replica_capacity: int = 64,
+        service_model=None,
+        columns: dict | None = None,
     ) -> None:
         n = int(arrivals.shape[0])
         self.n = n
@@ -366,11 +364,21 @@ class DataPlane:
         self.sf[TIMEOUT] = float(request_timeout_s) if request_timeout_s and request_timeout_s > 0 else math.inf
         self.sf[BO_INIT], self.sf[BO_MULT], self.sf[BO_MAX] = backoff
         self.sf[SLOT_OVERHEAD] = float(slot_overhead_s)
-        self.ht = np.zeros(max(n, 1) + MAX_TASKS + 8, dtype=np.float64)
-        self.hv = np.zeros(max(n, 1) + MAX_TASKS + 8, dtype=np.int64)
         self.task_state = np.zeros(MAX_TASKS, dtype=np.int64)
         self.task_own = np.full(MAX_TASKS, -1, dtype=np.int64)
         self.task_tries = np.zeros(MAX_TASKS, dtype=np.int64)
+        self.service_model = service_model
+        self.kernel_model = None
+        self._heap_extra = 0
+        if service_model is not None and service_model.code != MK_FIXED:
+            self.kernel_model = service_model.build(n, columns or {}, int(max_ongoing_requests), self.svc)
+            if self.kernel_model.code != MK_STREAM:  # streaming runs as fixed; its first chunk is computed after
+                self.si[MODEL] = self.kernel_model.code
+                # admits, deadlines and post-overhead completions: at most one each per request
+                self._heap_extra = 2 * max(n, 1)
+        self.M = self.kernel_model.arrays if self.kernel_model is not None else _empty_model_arrays()
+        self.ht = np.zeros(0)
+        self.hv = np.zeros(0, dtype=np.int64)
         self._alloc_replicas(replica_capacity)
         seed_kernel(int(seed) % (2**32))
 
@@ -382,6 +390,16 @@ class DataPlane:
             if old is not None:
                 new[: old.shape[0]] = old
             setattr(self, name, new)
+        heap_cap = max(self.n, 1) + MAX_TASKS + 8
+        if self.si[MODEL] != MK_FIXED:
+            self.M = self.kernel_model.grow(self.M, cap)
+            # model events: at most one valid per replica; stale ones are compacted beyond 2 x cap + 1024
+            heap_cap += self._heap_extra + mev_limit(cap) + 8
+        if self.ht.shape[0] < heap_cap:
+            k = int(self.si[HEAP_N])
+            ht, hv = np.zeros(heap_cap), np.zeros(heap_cap, dtype=np.int64)
+            ht[:k], hv[:k] = self.ht[:k], self.hv[:k]
+            self.ht, self.hv = ht, hv
 
     def ensure_replica(self, rid: int) -> None:
         if rid >= self.ongoing.shape[0]:
@@ -393,7 +411,7 @@ class DataPlane:
                 self.task_state, self.task_own, self.task_tries)
 
     def advance(self, t: float) -> None:
-        advance_kernel(float(t), *self._common())
+        advance_kernel(float(t), *self._common(), self.M)
 
     def add_replica(self, t: float, rid: int) -> None:
         self.ensure_replica(rid)
@@ -404,7 +422,14 @@ class DataPlane:
 
     def kill_replica(self, t: float, rid: int) -> int:
         return int(kill_kernel(float(t), int(rid), self.si, self.end, self.status, self.replica, self.ongoing,
-                               self.sent, self.ht, self.hv))
+                               self.sent, self.ht, self.hv, self.M))
+
+    # -- what the model produced per request ----------------------------------------------
+    def model_outputs(self, proxy_overhead_s: float = 0.0) -> dict:
+        """Per-request model outputs for SimResult: ttft/tpot (LLM, streaming), batch_size."""
+        if self.kernel_model is None:
+            return {}
+        return self.kernel_model.outputs(self, proxy_overhead_s)
 
     # -- counters the control plane reads -------------------------------------------
     @property

@@ -27,9 +27,15 @@ def print_summary(s: dict, out: Optional[Path] = None, console: Optional[Console
               f"{req['timed_out']:,} timed out (408), {req['failed']:,} failed (500)")
     t.add_row("latency p50/p90/p95/p99", " / ".join(_fmt(lat[k], "s") for k in ("p50", "p90", "p95", "p99")))
     t.add_row("latency max / mean", f"{_fmt(lat['max'], 's')} / {_fmt(lat['mean'], 's')}")
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+        if key in s:
+            t.add_row(f"{label} p50/p90/p99", " / ".join(_fmt(s[key][k], "s") for k in ("p50", "p90", "p99")))
+    if "batch_size" in s and s["batch_size"]["mean"] is not None:
+        t.add_row("batch size mean / max", f"{s['batch_size']['mean']:.2f} / {s['batch_size']['max']}")
     if "slo" in s:
         att = s["slo"]["attainment"]
-        t.add_row(f"SLO (latency <= {s['slo']['latency_s']:g}s)", "-" if att is None else f"{att * 100:.2f}% of requests")
+        bounds = ", ".join(f"{k[:-2]} <= {v:g}s" for k, v in s["slo"].items() if k.endswith("_s"))
+        t.add_row(f"SLO ({bounds})", "-" if att is None else f"{att * 100:.2f}% of requests")
     t.add_row("replicas min/mean/max", f"{rep['min']:.0f} / {rep['mean']:.2f} / {rep['max']:.0f}")
     t.add_row("replica-seconds", f"{rep['replica_seconds']:,.0f} ({rep['replica_hours']:.2f} replica-hours"
               + (f", {rep['gpu_hours']:.2f} GPU-hours)" if rep.get("gpu_hours") else ")"))

@@ -41,6 +41,10 @@ class SimResult:
     num_gpus: float = 0.0
     cluster: Any = None  # the Cluster model used (node timeline, cost), if any
     meta: dict[str, Any] = field(default_factory=dict)
+    # Per-request service-model outputs (simtune.service_models), None when the model has none:
+    ttft: Optional[np.ndarray] = None  # time to first token/chunk seen by the client (s), NaN unless OK
+    tpot: Optional[np.ndarray] = None  # time per output token after the first (s), NaN unless OK
+    batch_size: Optional[np.ndarray] = None  # size of the @serve.batch batch the request ran in
 
     # -- per-request views -------------------------------------------------------------
     @property
@@ -50,11 +54,15 @@ class SimResult:
 
     @property
     def requests(self) -> pd.DataFrame:
-        return pd.DataFrame({
+        df = pd.DataFrame({
             "arrival": self.arrival, "start": self.start, "end": self.end + self.proxy_overhead_s,
             "latency": self.latency, "status": self.status.astype(np.int16), "replica": self.replica,
             "service_time": self.service_time,
         })
+        for name in ("ttft", "tpot", "batch_size"):
+            if getattr(self, name) is not None:
+                df[name] = getattr(self, name)
+        return df
 
     @property
     def replicas(self) -> pd.DataFrame:
@@ -97,7 +105,8 @@ class SimResult:
         return float(np.dot(total.to_numpy(dtype=float), np.diff(t)))
 
     def summary(self, slo_latency_s: Optional[float] = None, cost_per_replica_hour: Optional[float] = None,
-                cost_per_gpu_hour: Optional[float] = None) -> dict[str, Any]:
+                cost_per_gpu_hour: Optional[float] = None, slo_ttft_s: Optional[float] = None,
+                slo_tpot_s: Optional[float] = None) -> dict[str, Any]:
         status = self.status
         n = int(status.shape[0])
         ok = status == OK
@@ -127,9 +136,30 @@ class SimResult:
             "sim": {"wall_s": self.wall_s, "requests_per_s": n / self.wall_s if self.wall_s > 0 else None,
                     "controller_ticks_executed": self.ticks_executed},
         }
-        if slo_latency_s is not None:
-            met = ok & (self.latency <= slo_latency_s)
-            out["slo"] = {"latency_s": slo_latency_s, "attainment": float(met.sum() / n) if n else None}
+        for name in ("ttft", "tpot"):
+            arr = getattr(self, name)
+            if arr is not None:
+                v = arr[ok & np.isfinite(arr)]
+                out[f"{name}_s"] = ({"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+                                     "p99": float(np.percentile(v, 99)), "mean": float(v.mean())}
+                                    if v.size else {"p50": None, "p90": None, "p99": None, "mean": None})
+        if self.batch_size is not None:
+            b = self.batch_size[ok & (self.batch_size > 0)]
+            out["batch_size"] = ({"mean": float(b.mean()), "p50": float(np.percentile(b, 50)), "max": int(b.max())}
+                                 if b.size else {"mean": None, "p50": None, "max": None})
+        if slo_latency_s is not None or slo_ttft_s is not None or slo_tpot_s is not None:
+            # A request meets the SLO if it succeeded and meets every bound given.
+            met = ok.copy()
+            slo: dict[str, Any] = {}
+            for key, bound, arr in (("latency_s", slo_latency_s, self.latency), ("ttft_s", slo_ttft_s, self.ttft),
+                                    ("tpot_s", slo_tpot_s, self.tpot)):
+                if bound is None:
+                    continue
+                slo[key] = bound
+                if arr is not None:
+                    met &= ~(arr > bound)  # NaN (e.g. TPOT of a one-token reply) does not fail it
+            slo["attainment"] = float(met.sum() / n) if n else None
+            out["slo"] = slo
         if cost_per_replica_hour is not None or cost_per_gpu_hour is not None:
             cost = 0.0
             if cost_per_replica_hour is not None:

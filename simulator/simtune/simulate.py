@@ -57,6 +57,7 @@ def simulate(
     seed: Optional[int] = None,
     knobs: Optional[RayKnobs] = None,
     cluster: Optional[Cluster] = None,
+    service_model=None,
 ) -> SimResult:
     """Replay `trace` through a model of Serve running `spec`; deterministic given the seed."""
     params = params or SimParams()
@@ -64,18 +65,21 @@ def simulate(
     knobs = knobs or ray_knobs()
     if len(trace) == 0:
         raise InputError(f"trace {trace.name!r} has no requests")
-    svc = service_times_for(trace, service_time, seed)
+    svc = (service_times_for(trace, service_time, seed) if service_model is None
+           else service_model.service_times(trace, service_time, seed))
     wall0 = time.perf_counter()
     cfg = spec.autoscaling
     t_start = sim_start_time(trace, spec)
     env = simpy.Environment(initial_time=t_start)
-    backoff = (knobs.router_initial_backoff_s, knobs.router_backoff_multiplier, knobs.router_max_backoff_s)
+    backoff = spec.router_backoff or (knobs.router_initial_backoff_s, knobs.router_backoff_multiplier,
+                                      knobs.router_max_backoff_s)
     dp = DataPlane(
         trace.timestamps, svc,
         max_ongoing_requests=spec.max_ongoing_requests, max_queued_requests=spec.max_queued_requests,
         request_timeout_s=spec.request_timeout_s, backoff=backoff, immediate_attempts=params.immediate_attempts,
         slot_overhead_s=params.slot_overhead_s, seed=seed,
         replica_capacity=max(64, 2 * (cfg.max_replicas if cfg is not None else spec.num_replicas)),
+        service_model=service_model, columns=trace.columns,
     )
     rng = np.random.default_rng([seed, 2])
     ctrl = Controller(env, spec, knobs, params, dp, rng, t_start, cluster=cluster)
@@ -102,5 +106,7 @@ def simulate(
         ticks_executed=ctrl.ticks_executed, num_gpus=spec.num_gpus,
         cluster=cluster,
         meta={"deployment": f"{spec.app_name}/{spec.name}", "ray_version": knobs.ray_version, "seed": seed,
-              "startup_model": params.startup.describe()},
+              "startup_model": params.startup.describe(),
+              **({"service_model": service_model.describe()} if service_model is not None else {})},
+        **dp.model_outputs(params.proxy_overhead_s),
     )

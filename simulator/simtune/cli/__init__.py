@@ -51,8 +51,13 @@ def run(
     replica_startup_s: Optional[str] = typer.Option(
         None, "--replica-startup-s", help="Replica startup: seconds, linear:base=1.6,per=0.8 (grows with replicas "
         "starting at once; the default), lognormal:mean=2,p99=6, empirical:FILE."),
+    service_model: Optional[Path] = typer.Option(
+        None, "--service-model", help="Replica service model YAML: fixed, concurrency curve, @serve.batch, LLM, "
+        "streaming (see traces/model_*.yaml; `simtune profile` writes one)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help="Model parameters YAML (e.g. from validate --calibrate)."),
     slo_latency_s: Optional[float] = typer.Option(None, "--slo-latency-s", help="Latency SLO for the attainment figure."),
+    slo_ttft_s: Optional[float] = typer.Option(None, "--slo-ttft-s", help="Time-to-first-token SLO (LLM/streaming models)."),
+    slo_tpot_s: Optional[float] = typer.Option(None, "--slo-tpot-s", help="Time-per-output-token SLO (LLM model)."),
     cost_per_replica_hour: Optional[float] = typer.Option(None, "--cost-per-replica-hour"),
     cost_per_gpu_hour: Optional[float] = typer.Option(None, "--cost-per-gpu-hour"),
     fmt: str = typer.Option("text", "--format", help="text or json."),
@@ -76,6 +81,7 @@ def run(
         result, summary = run_simulation(
             trace=tr, config=config, tail_s=tail_s, deployment=deployment, service_time=service_time,
             replica_startup_s=replica_startup_s, params_file=params_file, seed=seed, slo_latency_s=slo_latency_s,
+            service_model=service_model, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
             cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour,
         )
         if out is not None:
@@ -102,6 +108,12 @@ def _mount_optional() -> None:
         from simtune.cli.validate_cmd import validate_app
 
         app.add_typer(validate_app, name="validate")
+    except ImportError:
+        pass
+    try:
+        from simtune.cli.profile_cmd import profile_app
+
+        app.add_typer(profile_app, name="profile", help="Measure a real deployment and write a service model.")
     except ImportError:
         pass
     try:
