@@ -95,7 +95,8 @@ def simulate(
     horizon = max(last, float(ended.max()) if ended.size else last)
     if params.tail_s > 0:
         horizon += params.tail_s
-        env.run(until=horizon)
+        if horizon > env.now:
+            env.run(until=horizon)
     if cluster is not None:
         cluster.finish(horizon)
     wall = time.perf_counter() - wall0

@@ -1,0 +1,22 @@
+"""`simtune recommend`: an honest optuna search for a deployment's autoscaling_config.
+
+Modules, in the order data flows:
+  space      which fields are searched, over what (defaults, --space files)
+  candidate  field values -> a deployment entry Ray accepts (or a pruned trial)
+  problem    traces split by time, headroom scaling, simulating one candidate
+  objective  cost, SLO and error-rate constraints, the worst case
+  executor   inline / worker processes / Ray tasks
+  study      the reproducible, resumable optuna search
+  output     the YAML and its evidence header, round-tripped through Ray's schemas
+  report     optuna's plots, timelines and a Markdown summary
+  run        all of it: `recommend(RecommendOptions(...))`
+
+    from simtune.tuner import RecommendOptions, recommend
+    rec = recommend(RecommendOptions(traces=["prod.csv"], slos=["p99=2.0"], config="serve.yaml",
+                                     service_time="lognormal:mean=0.1,p99=0.5"))
+    print(rec.text)
+"""
+
+from simtune.tuner.run import Recommendation, RecommendOptions, recommend
+
+__all__ = ["RecommendOptions", "Recommendation", "recommend"]
