@@ -179,8 +179,8 @@ def test_custom_policy_path_matches_fast_path():
     """Ray's own default policy given as a custom import path runs through Ray's wrapper every
     tick; it must make exactly the decisions of simtune's fast path."""
     tr = _step_trace(1)
-    base = dict(min_replicas=1, max_replicas=8, target_ongoing_requests=2, upscale_delay_s=3,
-                downscale_delay_s=20, **FAST)
+    base = dict(min_replicas=1, max_replicas=8, target_ongoing_requests=2, upscale_delay_s=1,
+                downscale_delay_s=5, **FAST)
     fast = simulate(tr, _spec(base, max_ongoing_requests=5), SimParams(seed=5))
     custom_cfg = dict(base, policy={"policy_function": "ray.serve.autoscaling_policy:replica_queue_length_autoscaling_policy"})
     slow = simulate(tr, _spec(custom_cfg, max_ongoing_requests=5), SimParams(seed=5))

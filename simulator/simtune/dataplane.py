@@ -40,7 +40,7 @@ import numpy as np
 
 from simtune.service_models.kernels import (  # noqa: F401  (constants re-exported)
     A_PTR, BO_INIT, BO_MAX, BO_MULT, CAP, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_MODEL, EV_TASK,
-    FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
+    BO_RESET, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
     N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
     SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
     MK_STREAM, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
@@ -144,7 +144,8 @@ def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongo
                 return
             task_own[k] = rp
             si[R_PTR] = rp + 1
-            task_tries[k] = 0
+            if si[BO_RESET]:
+                task_tries[k] = 0
         if si[N_ROUTABLE] == 0:
             task_state[k] = TASK_WAITING
             return
@@ -340,6 +341,7 @@ class DataPlane:
         request_timeout_s: float | None,
         backoff: tuple[float, float, float],
         immediate_attempts: int = 3,
+        backoff_resets: bool = False,
         slot_overhead_s: float = 0.0,
         seed: int = 0,
         replica_capacity: int = 64,
@@ -360,6 +362,7 @@ class DataPlane:
         self.si[CAP] = int(max_ongoing_requests)
         self.si[MAX_QUEUED] = int(max_queued_requests) if max_queued_requests not in (None, -1) else -1
         self.si[N_IMMEDIATE] = int(immediate_attempts)
+        self.si[BO_RESET] = int(bool(backoff_resets))
         self.si[N_REQ] = n
         self.sf[TIMEOUT] = float(request_timeout_s) if request_timeout_s and request_timeout_s > 0 else math.inf
         self.sf[BO_INIT], self.sf[BO_MULT], self.sf[BO_MAX] = backoff

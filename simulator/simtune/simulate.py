@@ -77,6 +77,7 @@ def simulate(
         trace.timestamps, svc,
         max_ongoing_requests=spec.max_ongoing_requests, max_queued_requests=spec.max_queued_requests,
         request_timeout_s=spec.request_timeout_s, backoff=backoff, immediate_attempts=params.immediate_attempts,
+        backoff_resets=params.router_backoff_resets,
         slot_overhead_s=params.slot_overhead_s, seed=seed,
         replica_capacity=max(64, 2 * (cfg.max_replicas if cfg is not None else spec.num_replicas)),
         service_model=service_model, columns=trace.columns,

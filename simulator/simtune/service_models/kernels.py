@@ -53,8 +53,8 @@ FAILED = 500
 
 # int state vector slots (shared with simtune.dataplane)
 (A_PTR, Q_HEAD, Q_TAIL, R_PTR, N_ROUTABLE, HEAP_N, N_TASKS, N_INFLIGHT, CAP, MAX_QUEUED, N_IMMEDIATE, N_REQ,
- MODEL, N_BATCH, N_MEV) = range(15)
-N_STATE_I = 15
+ MODEL, N_BATCH, N_MEV, BO_RESET) = range(16)
+N_STATE_I = 16
 # float state vector slots
 TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW = range(6)
 N_STATE_F = 6
