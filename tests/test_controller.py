@@ -211,7 +211,7 @@ def test_saturated_replica_throughput_matches_measured_serve():
     """One replica, max_ongoing_requests=4, 0.2 s handler, 20 req/s offered. Real Serve 2.60 on
     this machine completed 4.4-5.0 req/s (routing tasks stuck at the 0.5 s maximum backoff; with
     RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S=0.05 it did 18 req/s). The model must reproduce that
-    bottleneck, and the knob must switch it off."""
+    bottleneck when asked to (router_backoff_resets=False)."""
     arrivals = np.arange(300) * 0.05
     spec = _spec(None, num_replicas=1, max_ongoing_requests=4)
 
@@ -220,6 +220,6 @@ def test_saturated_replica_throughput_matches_measured_serve():
         ends = res.end[res.status == OK]
         return ((ends > 3) & (ends < 13)).sum() / 10.0
 
-    measured = rate(SimParams(seed=0))
+    measured = rate(SimParams(seed=0, router_backoff_resets=False))
     assert 3.5 <= measured <= 5.5
-    assert rate(SimParams(seed=0, router_backoff_resets=True)) > 12
+    assert rate(SimParams(seed=0)) > 12  # the default follows the code as read (see SimParams)
