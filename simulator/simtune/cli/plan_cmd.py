@@ -73,9 +73,9 @@ def plan(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(err.exit_code)
     if fmt == "json":
-        from simtune.plan.report import _jsonable
+        from simtune.jsonutil import jsonable
 
-        typer.echo(json.dumps(_jsonable(result.to_dict()), default=str))
+        typer.echo(json.dumps(jsonable(result.to_dict()), default=str))
     else:
         for line in headline(result):
             typer.echo(f"- {line}")

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from simtune.plan.plots import plot_nodes, plot_p99, plot_what_if
+from simtune.jsonutil import jsonable
 
 FIGURES = (
     ("p99.png", "Where the p99 comes from"),
@@ -252,21 +253,6 @@ def render_markdown(plan: Any, figure_names: list[str], title: str) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
-
-
 def _compact_png(path: Path, colors: int = 128) -> None:
     """Re-save a figure as a palette PNG (a third of the size; plots have few colours)."""
     try:
@@ -304,7 +290,7 @@ def write_report(plan: Any, out_dir: str | Path, title: Optional[str] = None, co
         figures = {name: (tmp / name).read_bytes() for name, _ in FIGURES if (tmp / name).exists()}
         (tmp / "report.html").write_text(render_html(plan, figures, title), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(plan, list(figures), title), encoding="utf-8")
-        (tmp / "plan.json").write_text(json.dumps(_jsonable(plan.to_dict()), indent=1, default=str))
+        (tmp / "plan.json").write_text(json.dumps(jsonable(plan.to_dict()), indent=1, default=str))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder is for sharing
         if out_dir.exists():
             shutil.rmtree(out_dir)

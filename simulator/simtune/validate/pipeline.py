@@ -29,6 +29,7 @@ from simtune.errors import InputError
 from simtune.validate import calibrate as cal
 from simtune.validate import compare as cmp
 from simtune.validate.harness import RealRun, RealRunOptions, run_real
+from simtune.jsonutil import jsonable
 
 
 @dataclass
@@ -72,25 +73,6 @@ def parse_window(text: Optional[str]) -> Optional[tuple[float, float]]:
 def default_out_dir(label: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("reports") / f"validate-{label}-{stamp}"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
 
 
 def _simulate(simulate: Any, trace: Any, spec: Any, params: Any, seed: int, horizon: float) -> Any:
@@ -208,12 +190,12 @@ def run_validation(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (tmp / "fidelity.json").write_text(json.dumps(_jsonable(report), indent=1))
+        (tmp / "fidelity.json").write_text(json.dumps(jsonable(report), indent=1))
         cmp.plot_overlay(sides, tmp / "overlay.png", title=f"simtune validate {label}".strip())
         if calibrate_to is not None:
             cparams, cdiag = cal.calibrate(first, spec.max_ongoing_requests, seed=seed)
             cparams.save(tmp / "calibrated_params.yaml")
-            (tmp / "calibration.json").write_text(json.dumps(_jsonable(cdiag), indent=1))
+            (tmp / "calibration.json").write_text(json.dumps(jsonable(cdiag), indent=1))
         if out_dir.exists():
             raise InputError(f"--out {out_dir}: already exists")
         os.replace(tmp, out_dir)
