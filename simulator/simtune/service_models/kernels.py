@@ -50,11 +50,12 @@ OK = 200
 REJECTED = 503
 TIMED_OUT = 408
 FAILED = 500
+CANCELLED = 499  # a downstream call cancelled because its caller's request was (composed apps)
 
 # int state vector slots (shared with simtune.dataplane)
 (A_PTR, Q_HEAD, Q_TAIL, R_PTR, N_ROUTABLE, HEAP_N, N_TASKS, N_INFLIGHT, CAP, MAX_QUEUED, N_IMMEDIATE, N_REQ,
- MODEL, N_BATCH, N_MEV, BO_RESET) = range(16)
-N_STATE_I = 16
+ MODEL, N_BATCH, N_MEV, BO_RESET, NOTIFY) = range(17)
+N_STATE_I = 17  # NOTIFY: a model's completion always goes through an EV_DONE event (composed apps)
 # float state vector slots
 TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW = range(6)
 N_STATE_F = 6
@@ -206,7 +207,7 @@ def _complete(t, i, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M):
     if status[i] != RUNNING:
         return  # cancelled earlier (its slot is already free)
     ov = sf[SLOT_OVERHEAD]
-    if ov > 0.0:
+    if ov > 0.0 or si[NOTIFY]:
         done = t + ov
         deadline = arr_t[i] + sf[TIMEOUT]
         if deadline < done:

@@ -1,0 +1,162 @@
+"""One simulation of a whole application: trace + AppSpec + parameters -> AppResult.
+
+Each deployment has its own controller state, autoscaler, handle metrics and replicas
+(simtune.controller.Controller, the same code as for one deployment); they share one
+controller tick grid, as Serve's single controller process runs every deployment's
+update in the same loop (serve/_private/controller.py:run_control_loop). The request
+path of all deployments is one compiled loop (simtune.app.kernel).
+
+Modelling choices a reader should know:
+  * One router per deployment: the proxy's for the ingress, and one shared by all the
+    callers of a downstream deployment (Serve has one per calling replica). The
+    autoscaling metric is the sum either way; routing under saturation can differ.
+  * Downstream calls have no timeout of their own; the proxy's request_timeout_s
+    cancels the whole call tree.
+  * A downstream deployment scaled to zero learns of demand at its handle's next
+    metrics push (the scale-from-zero push of the proxy handle is modelled at the
+    ingress only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import simpy
+
+from simtune.app.calls import CallTable, draw_calls, own_times
+from simtune.app.plane import AppDataPlane
+from simtune.app.spec import AppSpec
+from simtune.controller import Controller
+from simtune.errors import InputError
+from simtune.params import SimParams
+from simtune.ray_knobs import RayKnobs, ray_knobs
+from simtune.results import SimResult
+from simtune.simulate import sim_start_time
+from simtune.trace.model import Trace
+
+
+@dataclass
+class AppResult:
+    """Per-deployment results plus the end-to-end view (the ingress's requests)."""
+
+    deployments: dict[str, SimResult]
+    ingress: str
+    calls: CallTable
+    wall_s: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def end_to_end(self) -> SimResult:
+        """The trace's requests: a request ends when its ingress call (and so every call it
+        awaited) ended, so this is the latency the client sees."""
+        return self.deployments[self.ingress]
+
+    def replica_seconds(self) -> float:
+        return float(sum(r.replica_seconds() for r in self.deployments.values()))
+
+    def gpu_seconds(self) -> float:
+        return float(sum(r.replica_seconds() * r.num_gpus for r in self.deployments.values()))
+
+    def summary(self, slo_latency_s: Optional[float] = None, cost_per_replica_hour: Optional[float] = None,
+                cost_per_gpu_hour: Optional[float] = None, slo_ttft_s: Optional[float] = None,
+                slo_tpot_s: Optional[float] = None) -> dict[str, Any]:
+        """The end-to-end summary (same keys as SimResult.summary, replicas and cost summed
+        over deployments) plus `deployments`: each deployment's own summary."""
+        per = {name: r.summary(cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour)
+               for name, r in self.deployments.items()}
+        out = self.end_to_end.summary(slo_latency_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
+        rs = self.replica_seconds()
+        gs = self.gpu_seconds()
+        out["replicas"] = {"replica_seconds": rs, "replica_hours": rs / 3600.0, "gpu_hours": gs / 3600.0,
+                           "max": float(sum(p["replicas"]["max"] for p in per.values())),
+                           "mean": float(sum(p["replicas"]["mean"] for p in per.values()))}
+        out["scaling_events"] = {k: int(sum(p["scaling_events"][k] for p in per.values()))
+                                 for k in ("upscales", "downscales")}
+        if cost_per_replica_hour is not None or cost_per_gpu_hour is not None:
+            n = out["requests"]["total"]
+            cost = float(sum(p["cost"]["total"] for p in per.values()))
+            out["cost"] = {"total": cost, "per_1000_requests": cost / n * 1000 if n else None}
+        out["sim"] = {"wall_s": self.wall_s, "calls": self.calls.n_calls,
+                      "calls_per_s": self.calls.n_calls / self.wall_s if self.wall_s > 0 else None}
+        out["deployments"] = {name: {"calls": p["requests"], "latency_s": p["latency_s"],
+                                     "queue_wait_s": p["queue_wait_s"], "replicas": p["replicas"],
+                                     "scaling_events": p["scaling_events"],
+                                     **({"cost": p["cost"]} if "cost" in p else {}),
+                                     **({k: p[k] for k in ("ttft_s", "tpot_s", "batch_size") if k in p})}
+                              for name, p in per.items()}
+        out.update({k: v for k, v in self.meta.items() if k not in out})
+        return out
+
+
+def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None, *, seed: Optional[int] = None,
+                 knobs: Optional[RayKnobs] = None) -> AppResult:
+    """Replay `trace` into the application's ingress; deterministic given the seed."""
+    params = params or SimParams()
+    seed = params.seed if seed is None else int(seed)
+    knobs = knobs or ray_knobs()
+    if len(trace) == 0:
+        raise InputError(f"trace {trace.name!r} has no requests")
+    topo = app.topology
+    table = draw_calls(topo, len(trace), seed)
+    names = table.names
+    specs = [app.specs[n] for n in names]
+    models = [app.models.get(n) for n in names]
+    before, after = own_times(topo, table, trace, seed, app.models)
+    wall0 = time.perf_counter()
+    t_start = min(sim_start_time(trace, s) for s in specs)
+    env = simpy.Environment(initial_time=t_start)
+    backoffs = [s.router_backoff or (knobs.router_initial_backoff_s, knobs.router_backoff_multiplier,
+                                     knobs.router_max_backoff_s) for s in specs]
+    cap = max(64, 2 * max((s.autoscaling.max_replicas if s.autoscaling is not None else s.num_replicas)
+                          for s in specs))
+    plane = AppDataPlane(trace.timestamps, table, before, after, specs, backoffs=backoffs,
+                         immediate_attempts=params.immediate_attempts, backoff_resets=params.router_backoff_resets,
+                         slot_overhead_s=params.slot_overhead_s, seed=seed, replica_capacity=cap, models=models,
+                         columns=trace.columns)
+    rng = np.random.default_rng([seed, 2])
+    # One controller loop for every deployment: a shared tick phase.
+    period = knobs.control_loop_interval_s + params.controller_step_s
+    phase = params.tick_phase_s if params.tick_phase_s is not None else float(rng.uniform(0, period))
+    ctrl_params = dataclasses.replace(params, tick_phase_s=phase)
+    # The ingress's controller continues `rng` exactly as simtune.simulate does, so an
+    # application of one deployment is the single-deployment simulation, bit for bit.
+    controllers = [Controller(env, spec, knobs, ctrl_params, plane.views[d],
+                              rng if d == 0 else np.random.default_rng([seed, 2, d]), t_start)
+                   for d, spec in enumerate(specs)]
+    last = float(trace.timestamps[-1])
+    env.run(until=last + 1e-9)
+    limit = last + params.drain_limit_s
+    step = 1.0
+    while not plane.idle() and env.now < limit:
+        env.run(until=min(env.now + step, limit))
+        step = min(step * 2, 60.0)
+    plane.advance(env.now)
+    ended = plane.end[np.isfinite(plane.end)]
+    horizon = max(last, float(ended.max()) if ended.size else last)
+    if params.tail_s > 0:
+        horizon += params.tail_s
+        if horizon > env.now:
+            env.run(until=horizon)
+    wall = time.perf_counter() - wall0
+    results: dict[str, SimResult] = {}
+    for d, (name, spec, ctrl) in enumerate(zip(names, specs, controllers)):
+        calls = table.calls_of(d)
+        results[name] = SimResult(
+            arrival=plane.arr_t[calls], start=plane.start[calls], end=plane.end[calls],
+            status=plane.status[calls], replica=plane.replica[calls],
+            service_time=before[calls] + after[calls],
+            proxy_overhead_s=params.proxy_overhead_s if d == 0 else 0.0,
+            timeline=ctrl.timeline, decisions_list=ctrl.decisions, replica_records=ctrl.replicas + ctrl.stopped,
+            horizon=horizon, wall_s=wall, ticks_executed=ctrl.ticks_executed, num_gpus=spec.num_gpus,
+            meta={"deployment": f"{spec.app_name}/{name}", "ray_version": knobs.ray_version, "seed": seed,
+                  "startup_model": params.startup.describe(),
+                  **({"service_model": models[d].describe()} if models[d] is not None else {})},
+            **plane.model_outputs(d, calls, params.proxy_overhead_s if d == 0 else 0.0),
+        )
+    return AppResult(results, names[0], table, wall,
+                     meta={"application": app.app_name, "ingress": names[0], "seed": seed,
+                           "ray_version": knobs.ray_version, "deployments_order": names})

@@ -1,0 +1,177 @@
+"""Composed applications: the call graph, the shared request path, bad topologies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from simtune.app.simulate import simulate_app
+from simtune.app.spec import load_app
+from simtune.app.topology import parse_topology
+from simtune.errors import InputError
+from simtune.params import SimParams
+from simtune.serve_config import load_deployment
+from simtune.simulate import simulate
+from simtune.trace.io import load_trace
+from simtune.trace.model import Trace
+
+from conftest import REPO
+
+
+def _config(tmp_path, deployments: dict, request_timeout_s=None):
+    doc = {"applications": [{"name": "app", "import_path": "x:app",
+                             "deployments": [{"name": n, **o} for n, o in deployments.items()]}]}
+    if request_timeout_s:
+        doc["http_options"] = {"request_timeout_s": request_timeout_s}
+    p = tmp_path / "serve.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _topo(tmp_path, data: dict):
+    p = tmp_path / "topo.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _poisson(rate, seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return Trace(np.cumsum(rng.exponential(1 / rate, int(rate * seconds))))
+
+
+FIXED = lambda n, m=8: {"num_replicas": n, "max_ongoing_requests": m}  # noqa: E731
+
+
+def test_one_deployment_app_is_the_single_deployment_simulation():
+    repo = REPO
+    tr = load_trace(repo / "traces/sample.csv")
+    a = simulate_app(tr, load_app(repo / "traces/sample_serve.yaml"), seed=3)
+    b = simulate(tr, load_deployment(repo / "traces/sample_serve.yaml"), seed=3)
+    for k in ("arrival", "start", "end", "status", "replica"):
+        assert np.array_equal(getattr(a.end_to_end, k), getattr(b, k), equal_nan=True), k
+    assert a.end_to_end.timeline == b.timeline
+
+
+def test_chain_latency_is_the_sum_of_stages_and_upstream_holds_its_slot(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(1, 100), "B": FIXED(4, 100), "C": FIXED(1, 100)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0.04", "after_fraction": 0.5, "calls": [{"to": "B"}]},
+        "B": {"service_time": "const:0.2", "calls": [{"to": "C"}]},
+        "C": {"service_time": "const:0.05"}}})
+    res = simulate_app(Trace(np.arange(10) * 1.0), load_app(cfg, topo), seed=0)
+    lat = res.end_to_end.latency
+    assert np.allclose(lat, 0.04 + 0.2 + 0.05)
+    # B's calls last B's own time plus C's; C's only its own
+    assert np.allclose(res.deployments["B"].latency, 0.25)
+    assert np.allclose(res.deployments["C"].latency, 0.05)
+    # B's call starts after A's first half of its own work
+    assert np.allclose(res.deployments["B"].arrival - res.end_to_end.arrival, 0.02)
+
+
+def test_slow_downstream_fills_the_callers_slots(tmp_path):
+    # A has 1 replica with 2 slots and no work of its own; B is slow with plenty of replicas.
+    cfg = _config(tmp_path, {"A": FIXED(1, 2), "B": FIXED(10, 1)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0", "calls": ["B"]}, "B": {"service_time": "const:1.0"}}})
+    res = simulate_app(Trace(np.zeros(6)), load_app(cfg, topo), seed=0)
+    # only 2 calls can be in flight at once: requests complete in three waves of two (each
+    # wave starts when the router's backoff finds the freed slots, within its 0.5 s cap)
+    lat = np.sort(res.end_to_end.latency)
+    assert np.allclose(lat[:2], 1.0)
+    assert lat[2] == lat[3] and 2.0 <= lat[2] <= 2.5
+    assert lat[4] == lat[5] and lat[2] + 1.0 <= lat[4] <= lat[2] + 1.5
+
+
+def test_parallel_fan_out_waits_for_the_slowest_and_probability_branches(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(2, 100), "B": FIXED(4, 100), "C": FIXED(4, 100), "D": FIXED(2, 100)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0", "mode": "parallel",
+              "calls": [{"to": "B"}, {"to": "C", "count": 2}, {"to": "D", "probability": 0.3}]},
+        "B": {"service_time": "const:0.1"}, "C": {"service_time": "const:0.3"}, "D": {"service_time": "const:0.05"}}})
+    tr = Trace(np.arange(2000) * 0.05)
+    res = simulate_app(tr, load_app(cfg, topo), seed=4)
+    assert np.allclose(res.end_to_end.latency, 0.3)
+    assert len(res.deployments["C"].arrival) == 4000
+    frac = len(res.deployments["D"].arrival) / 2000
+    assert 0.26 < frac < 0.34
+
+
+def test_downstream_backpressure_fails_the_request(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(1, 100), "B": {**FIXED(1, 1), "max_queued_requests": 1}})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0", "calls": ["B"]}, "B": {"service_time": "const:1.0"}}})
+    res = simulate_app(Trace(np.zeros(5)), load_app(cfg, topo), seed=0)
+    st = res.end_to_end.status
+    assert (st == 200).sum() == 2  # one running, one queued at B's handle
+    assert (st == 500).sum() == 3
+    assert (res.deployments["B"].status == 503).sum() == 3
+
+
+def test_request_timeout_cancels_the_whole_call_tree(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(1, 100), "B": FIXED(1, 1)}, request_timeout_s=1.5)
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0", "calls": ["B"]}, "B": {"service_time": "const:1.0"}}})
+    res = simulate_app(Trace(np.array([0.0, 0.0, 0.0, 5.0])), load_app(cfg, topo), seed=0)
+    e2e, b = res.end_to_end, res.deployments["B"]
+    assert list(e2e.status) == [200, 408, 408, 200]
+    assert np.allclose(e2e.end[:3], [1.0, 1.5, 1.5])
+    # the second call was running at B and freed its slot at 1.5; the third was still
+    # queued and left the queue; neither ran on after the client gave up
+    assert sorted(b.status[:3].tolist()) == [200, 499, 499]
+    assert np.isclose(e2e.end[3], 6.0)
+
+
+def test_downstream_deployment_autoscales_on_its_own_signal(tmp_path):
+    auto = lambda t: {"max_ongoing_requests": 8, "autoscaling_config": {  # noqa: E731
+        "min_replicas": 1, "max_replicas": 20, "target_ongoing_requests": t, "upscale_delay_s": 3,
+        "downscale_delay_s": 30}}
+    cfg = _config(tmp_path, {"A": auto(20), "B": auto(2), "C": auto(2)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0.005", "calls": ["B"]},
+        "B": {"service_time": "const:0.3", "calls": ["C"]},
+        "C": {"service_time": "const:0.01"}}})
+    res = simulate_app(_poisson(20, 240), load_app(cfg, topo), seed=1)
+    s = res.summary()
+    assert s["deployments"]["B"]["replicas"]["max"] >= 3
+    assert s["deployments"]["A"]["replicas"]["max"] == 1
+    assert s["deployments"]["C"]["replicas"]["max"] == 1
+    assert s["requests"]["ok"] == s["requests"]["total"]
+    assert s["replicas"]["replica_seconds"] == pytest.approx(
+        sum(d["replicas"]["replica_seconds"] for d in s["deployments"].values()))
+
+
+def test_same_seed_same_result_and_params(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(2), "B": FIXED(2)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "exp:0.01", "calls": [{"to": "B", "probability": 0.5}]},
+        "B": {"service_time": "exp:0.2"}}})
+    app = load_app(cfg, topo)
+    tr = _poisson(10, 60)
+    a = simulate_app(tr, app, SimParams(seed=5))
+    b = simulate_app(tr, app, SimParams(seed=5))
+    c = simulate_app(tr, app, SimParams(seed=6))
+    assert np.array_equal(a.end_to_end.end, b.end_to_end.end)
+    assert not np.array_equal(a.end_to_end.end, c.end_to_end.end)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"ingress": "A", "deployments": {"A": {"calls": ["B"]}, "B": {"calls": ["A"]}}}, "cycle A -> B -> A"),
+    ({"ingress": "A", "deployments": {"A": {"calls": ["Z"]}}}, "deployments.A.calls[0].to: names 'Z'"),
+    ({"ingress": "Q", "deployments": {"A": {}}}, "ingress: names 'Q'"),
+    ({"ingress": "A", "deployments": {"A": {"calls": [{"to": "A", "probability": 2}]}}}, "probability: must be"),
+    ({"ingress": "A", "deployments": {"A": {"mode": "both"}}}, "mode: must be one of"),
+    ({"ingress": "A", "deployments": {"A": {"service_time": "weird:1"}}}, "service_time"),
+])
+def test_bad_topologies_name_the_field(data, message):
+    with pytest.raises(InputError) as exc:
+        parse_topology(data, "topo.yaml")
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_topology_deployment_missing_from_config(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(1)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {"A": {"calls": ["B"]}, "B": {}}})
+    with pytest.raises(InputError, match="deployment 'B' is not in .*serve.yaml application 'app'"):
+        load_app(cfg, topo)
