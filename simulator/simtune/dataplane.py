@@ -43,7 +43,7 @@ from simtune.service_models.kernels import (  # noqa: F401  (constants re-export
     BO_RESET, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
     N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
     SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
-    MK_STREAM, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
+    MK_LLM, MK_STREAM, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
 )
 
 MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
@@ -111,8 +111,11 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
     if si[MODEL] != MK_FIXED:
         # A service model decides when it finishes: hand it over (EV_ADMIT, processed next
         # at this same time by advance_kernel, which holds the model's arrays).
+        # The LLM engine ignores service times (tokens decide); there svc[i] is how long the
+        # request waits in the replica before the engine sees it: the KV-cache transfer of a
+        # disaggregated decode deployment (simtune.app.pd), 0 otherwise.
         status[i] = RUNNING
-        _heap_push(ht, hv, si, t, i * N_EV + EV_ADMIT)
+        _heap_push(ht, hv, si, t + svc[i] if si[MODEL] == MK_LLM else t, i * N_EV + EV_ADMIT)
         return
     done = t + svc[i] + sf[SLOT_OVERHEAD]
     deadline = arr_t[i] + sf[TIMEOUT]

@@ -138,9 +138,12 @@ def own_times(topo: Topology, table: CallTable, trace: Trace, seed: int,
         spec = node.service_time
         where = f"{topo.source}: deployments.{name}.service_time"
         model = models.get(name)
-        sub = subtrace(trace, table.root[calls], name)
-        if model is not None:
-            dist = None if spec in ("trace",) or spec.startswith("column:") else parse_service_time(spec)
+        if model is not None and not spec.startswith("column:"):
+            # The service model decides (e.g. a concurrency curve's own times); for the LLM
+            # engine, which ignores them, a column gives the wait before the engine
+            # (the KV transfer of a disaggregated decode deployment).
+            sub = subtrace(trace, table.root[calls], name)
+            dist = None if spec == "trace" else parse_service_time(spec)
             try:
                 total[calls] = model.service_times(sub, dist, seed + 7919 * d)
             except InputError as exc:

@@ -157,6 +157,27 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
                   **({"service_model": models[d].describe()} if models[d] is not None else {})},
             **plane.model_outputs(d, calls, params.proxy_overhead_s if d == 0 else 0.0),
         )
+    if topo.streams_from is not None and topo.streams_from != names[0]:
+        _stream_end_to_end(results[names[0]], results[topo.streams_from], table, names.index(topo.streams_from))
     return AppResult(results, names[0], table, wall,
                      meta={"application": app.app_name, "ingress": names[0], "seed": seed,
                            "ray_version": knobs.ray_version, "deployments_order": names})
+
+
+def _stream_end_to_end(ingress: SimResult, source: SimResult, table: CallTable, d: int) -> None:
+    """The client's TTFT/TPOT are those of the streaming deployment's call, measured
+    from the request's arrival at the ingress (NaN unless the request succeeded)."""
+    calls = table.calls_of(d)
+    roots = table.root[calls]
+    n = ingress.arrival.shape[0]
+    for name in ("ttft", "tpot"):
+        v = getattr(source, name)
+        if v is None:
+            continue
+        out = np.full(n, np.nan)
+        if name == "ttft":
+            out[roots] = v + (source.arrival - ingress.arrival[roots])
+        else:
+            out[roots] = v
+        out[ingress.status != 200] = np.nan
+        setattr(ingress, name, out)

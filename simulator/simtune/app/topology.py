@@ -81,6 +81,9 @@ class Topology:
     nodes: dict[str, Node]
     application: Optional[str] = None
     source: str = "<topology>"
+    # The deployment whose tokens/chunks the client receives (TTFT/TPOT end to end), e.g.
+    # the decode deployment of a prefill/decode application; None: the ingress's own.
+    streams_from: Optional[str] = None
 
     def order(self) -> list[str]:
         """Deployments reachable from the ingress, parents before children."""
@@ -207,6 +210,8 @@ def check_graph(topo: Topology) -> None:
             if c.to not in topo.nodes:
                 raise _fail(f"{where}: deployments.{name}.calls[{k}].to",
                             f"names {c.to!r}, which is not under deployments (known: {', '.join(topo.nodes)})")
+    if topo.streams_from is not None and topo.streams_from not in topo.nodes:
+        raise _fail(f"{where}: streams_from", f"names {topo.streams_from!r}, which is not under deployments")
     state: dict[str, int] = {}
     path: list[str] = []
 
@@ -230,9 +235,10 @@ def check_graph(topo: Topology) -> None:
 def parse_topology(data: Any, source: str = "<topology>", base: Optional[Path] = None) -> Topology:
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with `ingress` and `deployments`")
-    unknown = sorted(set(data) - {"ingress", "application", "deployments"})
+    unknown = sorted(set(data) - {"ingress", "application", "deployments", "streams_from"})
     if unknown:
-        raise InputError(f"{source}: unknown field {unknown[0]!r} (known: ingress, application, deployments)")
+        raise InputError(f"{source}: unknown field {unknown[0]!r} "
+                         "(known: ingress, application, deployments, streams_from)")
     deps = data.get("deployments")
     if not isinstance(deps, dict) or not deps:
         raise InputError(f"{source}: deployments must be a non-empty mapping of NAME: {{...}}")
@@ -243,7 +249,7 @@ def parse_topology(data: Any, source: str = "<topology>", base: Optional[Path] =
         if len(nodes) != 1:
             raise InputError(f"{source}: ingress is missing (which deployment receives the trace's requests?)")
         ingress = next(iter(nodes))
-    topo = Topology(str(ingress), nodes, data.get("application"), source)
+    topo = Topology(str(ingress), nodes, data.get("application"), source, data.get("streams_from"))
     check_graph(topo)
     return topo
 
