@@ -175,3 +175,61 @@ def test_topology_deployment_missing_from_config(tmp_path):
     topo = _topo(tmp_path, {"ingress": "A", "deployments": {"A": {"calls": ["B"]}, "B": {}}})
     with pytest.raises(InputError, match="deployment 'B' is not in .*serve.yaml application 'app'"):
         load_app(cfg, topo)
+
+
+def test_topology_from_a_bind_graph_with_times_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    topo = parse_topology({"import_path": "app_graphs:app", "deployments": {
+        "Ingress": {"service_time": "const:0.001", "mode": "parallel"},
+        "Embed": {"service_time": "const:0.02"}, "Rank": {"service_time": "const:0.1"}}}, "t.yaml")
+    assert topo.ingress == "Ingress"
+    assert [c.to for c in topo.nodes["Ingress"].calls] == ["Embed", "Rank"]
+    cfg = {"applications": [{"name": "a", "import_path": "app_graphs:app",
+                             "deployments": [{"name": "Rank", "max_ongoing_requests": 3}]}]}
+    app = load_app(cfg, topo)
+    # decorator options, overridden field by field by the config, as Serve does
+    assert app.specs["Ingress"].num_replicas == 2
+    assert app.specs["Embed"].max_ongoing_requests == 16
+    assert app.specs["Rank"].max_ongoing_requests == 3
+    assert app.specs["Rank"].autoscaling.max_replicas == 6
+    res = simulate_app(Trace(np.arange(5) * 1.0), app, seed=0)
+    assert np.allclose(res.end_to_end.latency, 0.101)  # parallel: the slower call
+
+
+def test_bind_graph_topology_rejects_unknown_names(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    with pytest.raises(InputError, match="no deployment 'Nope' in the bind graph"):
+        parse_topology({"import_path": "app_graphs:app", "deployments": {"Nope": {}}}, "t.yaml")
+    with pytest.raises(InputError, match="holds no handle to 'Ingress'"):
+        parse_topology({"import_path": "app_graphs:app", "deployments": {"Embed": {"calls": ["Ingress"]}}}, "t.yaml")
+    with pytest.raises(InputError, match="cannot be imported"):
+        parse_topology({"import_path": "no_such_module_xyz:app"}, "t.yaml")
+
+
+def test_cli_run_with_topology_writes_every_deployment(tmp_path):
+    from typer.testing import CliRunner
+
+    from simtune.cli import app as cli
+
+    cfg = _config(tmp_path, {"A": FIXED(1, 100), "B": FIXED(2, 4)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0.01", "calls": ["B"]}, "B": {"service_time": "trace"}}})
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", "--trace", str(REPO / "traces/sample.csv"), "--config", str(cfg),
+                                 "--topology", str(topo), "--out", str(out), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    s = json.loads(r.output)
+    assert set(s["deployments"]) == {"A", "B"}
+    assert {p.name for p in out.iterdir()} >= {"summary.json", "calls.parquet", "replicas.csv", "timeline.png"}
+    import pandas as pd
+
+    assert set(pd.read_csv(out / "replicas.csv").deployment) == {"A", "B"}
+    r = CliRunner().invoke(cli, ["run", "--trace", str(REPO / "traces/sample.csv"), "--config", str(cfg),
+                                 "--topology", str(topo), "--service-time", "const:1"])
+    assert r.exit_code == 2 and "--service-time does not apply with --topology" in r.output
+    bad = _topo(tmp_path, {"ingress": "A", "deployments": {"A": {"calls": ["B"]}, "B": {"calls": ["A"]}}})
+    r = CliRunner().invoke(cli, ["run", "--trace", str(REPO / "traces/sample.csv"), "--config", str(cfg),
+                                 "--topology", str(bad)])
+    assert r.exit_code == 2 and "cycle A -> B -> A" in r.output

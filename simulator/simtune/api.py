@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from simtune.errors import InputError
 from simtune.params import SimParams
 from simtune.results import SimResult
 from simtune.serve_config import DeploymentSpec, load_deployment
@@ -67,8 +68,17 @@ def run_simulation(
     service_model: Union[PathLike, Any, None] = None,
     slo_ttft_s: Optional[float] = None,
     slo_tpot_s: Optional[float] = None,
-) -> tuple[SimResult, dict]:
+    topology: Union[PathLike, Any, None] = None,
+) -> tuple[Any, dict]:
+    """Simulate one deployment, or a whole application when `topology` is given (a
+    topology YAML or simtune.app.Topology): then the result is a simtune.app.AppResult."""
     tr = trace if isinstance(trace, Trace) else load_trace(trace, seed=seed)
+    if topology is not None:
+        return _run_app(tr, config, topology, service_time=service_time, service_model=service_model,
+                        deployment=deployment, params=params or build_params(replica_startup_s, params_file, seed,
+                                                                              tail_s=tail_s),
+                        seed=seed, slo_latency_s=slo_latency_s, cost_per_replica_hour=cost_per_replica_hour,
+                        cost_per_gpu_hour=cost_per_gpu_hour, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     spec = config if isinstance(config, DeploymentSpec) else load_deployment(config, deployment)
     dist = parse_service_time(service_time) if service_time else None
     if params is None:
@@ -81,3 +91,17 @@ def run_simulation(
     summary = result.summary(slo_latency_s, cost_per_replica_hour, cost_per_gpu_hour,
                              slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     return result, summary
+
+
+def _run_app(tr: Trace, config: Any, topology: Any, *, service_time: Optional[str], service_model: Any,
+             deployment: Optional[str], params: SimParams, seed: int, **summary_args: Any) -> tuple[Any, dict]:
+    from simtune.app import load_app, simulate_app
+
+    for given, flag in ((service_time, "--service-time"), (service_model, "--service-model"),
+                        (deployment, "--deployment")):
+        if given:
+            raise InputError(f"{flag} does not apply with --topology: give each deployment's service_time / "
+                             "service_model in the topology file")
+    app = load_app(config, topology)
+    result = simulate_app(tr, app, params, seed=seed)
+    return result, result.summary(**summary_args)

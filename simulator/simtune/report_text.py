@@ -46,3 +46,13 @@ def print_summary(s: dict, out: Optional[Path] = None, console: Optional[Console
     if out is not None:
         t.add_row("written to", str(out))
     console.print(t)
+    if "deployments" in s:
+        d = Table(title="per deployment (calls: time at that deployment, incl. its downstream calls)",
+                  title_justify="left")
+        for col in ("deployment", "calls", "not ok", "p50", "p99", "replicas mean/max", "replica-s"):
+            d.add_column(col)
+        for name, v in s["deployments"].items():
+            c, lt, r = v["calls"], v["latency_s"], v["replicas"]
+            d.add_row(name, f"{c['total']:,}", f"{c['total'] - c['ok']:,}", _fmt(lt["p50"], "s"), _fmt(lt["p99"], "s"),
+                      f"{r['mean']:.2f} / {r['max']:.0f}", f"{r['replica_seconds']:,.0f}")
+        console.print(d)

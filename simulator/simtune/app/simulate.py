@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import simpy
 
 from simtune.app.calls import CallTable, draw_calls, own_times
 from simtune.app.plane import AppDataPlane
+from simtune.app.result import AppResult
 from simtune.app.spec import AppSpec
 from simtune.controller import Controller
 from simtune.errors import InputError
@@ -37,59 +37,6 @@ from simtune.ray_knobs import RayKnobs, ray_knobs
 from simtune.results import SimResult
 from simtune.simulate import sim_start_time
 from simtune.trace.model import Trace
-
-
-@dataclass
-class AppResult:
-    """Per-deployment results plus the end-to-end view (the ingress's requests)."""
-
-    deployments: dict[str, SimResult]
-    ingress: str
-    calls: CallTable
-    wall_s: float
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def end_to_end(self) -> SimResult:
-        """The trace's requests: a request ends when its ingress call (and so every call it
-        awaited) ended, so this is the latency the client sees."""
-        return self.deployments[self.ingress]
-
-    def replica_seconds(self) -> float:
-        return float(sum(r.replica_seconds() for r in self.deployments.values()))
-
-    def gpu_seconds(self) -> float:
-        return float(sum(r.replica_seconds() * r.num_gpus for r in self.deployments.values()))
-
-    def summary(self, slo_latency_s: Optional[float] = None, cost_per_replica_hour: Optional[float] = None,
-                cost_per_gpu_hour: Optional[float] = None, slo_ttft_s: Optional[float] = None,
-                slo_tpot_s: Optional[float] = None) -> dict[str, Any]:
-        """The end-to-end summary (same keys as SimResult.summary, replicas and cost summed
-        over deployments) plus `deployments`: each deployment's own summary."""
-        per = {name: r.summary(cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour)
-               for name, r in self.deployments.items()}
-        out = self.end_to_end.summary(slo_latency_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
-        rs = self.replica_seconds()
-        gs = self.gpu_seconds()
-        out["replicas"] = {"replica_seconds": rs, "replica_hours": rs / 3600.0, "gpu_hours": gs / 3600.0,
-                           "max": float(sum(p["replicas"]["max"] for p in per.values())),
-                           "mean": float(sum(p["replicas"]["mean"] for p in per.values()))}
-        out["scaling_events"] = {k: int(sum(p["scaling_events"][k] for p in per.values()))
-                                 for k in ("upscales", "downscales")}
-        if cost_per_replica_hour is not None or cost_per_gpu_hour is not None:
-            n = out["requests"]["total"]
-            cost = float(sum(p["cost"]["total"] for p in per.values()))
-            out["cost"] = {"total": cost, "per_1000_requests": cost / n * 1000 if n else None}
-        out["sim"] = {"wall_s": self.wall_s, "calls": self.calls.n_calls,
-                      "calls_per_s": self.calls.n_calls / self.wall_s if self.wall_s > 0 else None}
-        out["deployments"] = {name: {"calls": p["requests"], "latency_s": p["latency_s"],
-                                     "queue_wait_s": p["queue_wait_s"], "replicas": p["replicas"],
-                                     "scaling_events": p["scaling_events"],
-                                     **({"cost": p["cost"]} if "cost" in p else {}),
-                                     **({k: p[k] for k in ("ttft_s", "tpot_s", "batch_size") if k in p})}
-                              for name, p in per.items()}
-        out.update({k: v for k, v in self.meta.items() if k not in out})
-        return out
 
 
 def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None, *, seed: Optional[int] = None,

@@ -63,7 +63,7 @@ def app_deployment_options(doc: dict, source: str, app_name: Optional[str]) -> t
         return "default", {doc.get("name", "default"): doc}, None
     serve_doc = _unwrap_rayservice(doc, source) if kind == "rayservice" else doc
     entries, timeout = _serve_config_deployments(serve_doc, source)
-    apps = sorted({a for a, _ in entries})
+    apps = sorted({a.get("name", "default") for a in serve_doc.get("applications") or []})
     if app_name is None:
         if len(apps) != 1:
             raise InputError(f"{source}: several applications ({', '.join(apps)}); name one in the topology "
@@ -76,6 +76,8 @@ def app_deployment_options(doc: dict, source: str, app_name: Optional[str]) -> t
 
 def build_app_spec(doc: dict, topo: Topology, source: str = "<config>") -> AppSpec:
     app_name, options, timeout = app_deployment_options(doc, source, topo.application)
+    for name, code in topo.code_options.items():  # decorator options, overridden by the config (as Serve does)
+        options[name] = {**code, **options.get(name, {})}
     specs: dict[str, DeploymentSpec] = {}
     for name in topo.order():
         if name not in options:

@@ -31,8 +31,11 @@ The topology YAML says what the code does at request time, which no config holds
           model_id_column: model_id
       Postprocess: {service_time: const:0.01}
 
-It can also be read from a Python `Deployment.bind(...)` graph
-(`topology_from_application`), which gives the edges; times then come from defaults.
+It can also be read from a Python `Deployment.bind(...)` graph where the user's code is
+importable: `import_path: module:app` (Serve's own import-path syntax) takes the edges and
+each deployment's decorator options from the code (`topology_from_application`); the
+YAML's deployments then only add what code cannot say (service_time, after_fraction,
+mode, probability/count of an edge via `calls`, service_model, multiplex).
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ class Topology:
     # The deployment whose tokens/chunks the client receives (TTFT/TPOT end to end), e.g.
     # the decode deployment of a prefill/decode application; None: the ingress's own.
     streams_from: Optional[str] = None
+    # Options of each deployment from the code's decorators (import_path form), which a
+    # Serve config overrides field by field, as Serve does.
+    code_options: dict = field(default_factory=dict)
 
     def order(self) -> list[str]:
         """Deployments reachable from the ingress, parents before children."""
@@ -235,10 +241,12 @@ def check_graph(topo: Topology) -> None:
 def parse_topology(data: Any, source: str = "<topology>", base: Optional[Path] = None) -> Topology:
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with `ingress` and `deployments`")
-    unknown = sorted(set(data) - {"ingress", "application", "deployments", "streams_from"})
+    unknown = sorted(set(data) - {"ingress", "application", "deployments", "streams_from", "import_path"})
     if unknown:
         raise InputError(f"{source}: unknown field {unknown[0]!r} "
-                         "(known: ingress, application, deployments, streams_from)")
+                         "(known: ingress, application, deployments, streams_from, import_path)")
+    if data.get("import_path"):
+        return _from_import_path(data, source, base or Path("."))
     deps = data.get("deployments")
     if not isinstance(deps, dict) or not deps:
         raise InputError(f"{source}: deployments must be a non-empty mapping of NAME: {{...}}")
@@ -316,3 +324,52 @@ def topology_from_application(app: Any, service_time: str = "trace") -> tuple[To
     topo = Topology(root, nodes, source="<bind graph>")
     check_graph(topo)
     return topo, options
+
+
+def _from_import_path(data: dict, source: str, base: Path) -> Topology:
+    """Edges and options from the code's bind graph; times etc. from the YAML."""
+    import sys
+
+    path = str(data["import_path"])
+    if ":" not in path and "." not in path:
+        raise InputError(f"{source}: import_path {path!r}: expected module:attribute (Serve's syntax)")
+    from ray._common.utils import import_attr
+
+    added = str(base.resolve())
+    sys.path.insert(0, added)
+    try:
+        app = import_attr(path)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's input
+        raise InputError(f"{source}: import_path {path!r} cannot be imported: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added in sys.path:
+            sys.path.remove(added)
+    topo, options = topology_from_application(app)
+    deps = data.get("deployments") or {}
+    if not isinstance(deps, dict):
+        raise InputError(f"{source}: deployments must be a mapping of NAME: {{...}}")
+    for name, d in deps.items():
+        where = f"{source}: deployments.{name}"
+        if name not in topo.nodes:
+            raise InputError(f"{where}: {import_path_hint(name, topo, path)}")
+        node = _parse_node(str(name), {k: v for k, v in (d or {}).items() if k != "calls"}, where, base)
+        code_calls = topo.nodes[name].calls
+        for k, c in enumerate((d or {}).get("calls") or []):
+            c = {"to": c} if isinstance(c, str) else c
+            parsed = _parse_node(str(name), {"calls": [c]}, where, base).calls[0]
+            if parsed.to not in {x.to for x in code_calls}:
+                raise InputError(f"{where}.calls[{k}].to: {name!r} holds no handle to {parsed.to!r} in {path} "
+                                 f"(it calls: {', '.join(x.to for x in code_calls) or 'nothing'})")
+            code_calls = [parsed if x.to == parsed.to else x for x in code_calls]
+        node.calls = code_calls
+        topo.nodes[name] = node
+    topo.source = source
+    topo.application = data.get("application")
+    topo.streams_from = data.get("streams_from")
+    topo.code_options = options
+    check_graph(topo)
+    return topo
+
+
+def import_path_hint(name: str, topo: Topology, path: str) -> str:
+    return f"no deployment {name!r} in the bind graph of {path} (it has: {', '.join(topo.nodes)})"

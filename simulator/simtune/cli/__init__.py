@@ -40,6 +40,9 @@ def run(
     trace: Path = typer.Option(..., "--trace", help="Trace file (CSV or Parquet) with a `timestamp` column."),
     config: Path = typer.Option(..., "--config", help="Serve config, RayService manifest or deployment YAML."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
+    topology: Optional[Path] = typer.Option(
+        None, "--topology", help="Application topology YAML: simulate every deployment of the application together "
+        "(who calls whom, each one's own time and service model; see simtune.app.topology)."),
     trace_format: str = typer.Option("auto", "--trace-format", help="auto, csv, parquet, jsonl, azure_llm, mooncake, "
                                      "count (see `simtune trace --help`)."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Thin (<1) or superpose (>1) the trace's traffic."),
@@ -82,7 +85,7 @@ def run(
             trace=tr, config=config, tail_s=tail_s, deployment=deployment, service_time=service_time,
             replica_startup_s=replica_startup_s, params_file=params_file, seed=seed, slo_latency_s=slo_latency_s,
             service_model=service_model, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
-            cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour,
+            cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour, topology=topology,
         )
         if out is not None:
             result.write(out, slo_latency_s=slo_latency_s, summary=summary)
