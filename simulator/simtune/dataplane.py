@@ -38,12 +38,13 @@ import math
 import numba as nb
 import numpy as np
 
+from simtune.multiplex import empty_mux_arrays, grow_mux, mux_pick, mux_replica, mux_take
 from simtune.service_models.kernels import (  # noqa: F401  (constants re-exported)
     A_PTR, BO_INIT, BO_MAX, BO_MULT, CAP, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_MODEL, EV_TASK,
     BO_RESET, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
     N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
     SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
-    MK_LLM, MK_STREAM, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
+    MK_LLM, MK_STREAM, MUX, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
 )
 
 MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
@@ -102,6 +103,13 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
     si[Q_HEAD] = q + 1
     if si[R_PTR] < q + 1:
         si[R_PTR] = q + 1
+    _start(t, t, r, i, si, sf, arr_t, svc, start, end, status, replica, ongoing, sent, ever_sent, ht, hv)
+
+
+@nb.njit(cache=True)
+def _start(t, t_work, r, i, si, sf, arr_t, svc, start, end, status, replica, ongoing, sent, ever_sent, ht, hv):
+    """Request i takes a slot of replica r at t; its own work starts at t_work (>= t: a
+    multiplexed model being loaded first)."""
     start[i] = t
     replica[i] = r
     ongoing[r] += 1
@@ -117,7 +125,7 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
         status[i] = RUNNING
         _heap_push(ht, hv, si, t + svc[i] if si[MODEL] == MK_LLM else t, i * N_EV + EV_ADMIT)
         return
-    done = t + svc[i] + sf[SLOT_OVERHEAD]
+    done = t_work + svc[i] + sf[SLOT_OVERHEAD]
     deadline = arr_t[i] + sf[TIMEOUT]
     if deadline < done:
         done = deadline
@@ -130,7 +138,7 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
 
 @nb.njit(cache=True)
 def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-              ht, hv, routable, task_state, task_own, task_tries):
+              ht, hv, routable, task_state, task_own, task_tries, X):
     """Run routing task k at time t until it sleeps, waits for replicas or retires."""
     while True:
         own = task_own[k]
@@ -152,10 +160,20 @@ def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongo
         if si[N_ROUTABLE] == 0:
             task_state[k] = TASK_WAITING
             return
-        r = _pick(si, routable, ongoing)
+        if si[MUX]:
+            own_call = queue[task_own[k]]
+            r = mux_pick(t, own_call, si, routable, ongoing, X)
+        else:
+            r = _pick(si, routable, ongoing)
         task_tries[k] += 1
         if r >= 0:
-            _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent, ht, hv)
+            if si[MUX]:
+                i = mux_take(X[0][own_call], si, queue, task_own, X[0])
+                _start(t, mux_replica(t, r, i, X), r, i, si, sf, arr_t, svc, start, end, status, replica, ongoing,
+                       sent, ever_sent, ht, hv)
+            else:
+                _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent, ht,
+                        hv)
             if task_own[k] < si[Q_HEAD]:
                 continue
         s = _sleep_before(si, sf, task_tries[k])
@@ -167,7 +185,7 @@ def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongo
 
 @nb.njit(cache=True)
 def _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                       ht, hv, routable, task_state, task_own, task_tries):
+                       ht, hv, routable, task_state, task_own, task_tries, X):
     want = _target_tasks(si) - si[N_TASKS]
     k = 0
     while want > 0 and k < MAX_TASKS:
@@ -178,7 +196,7 @@ def _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica
             si[N_TASKS] += 1
             want -= 1
             _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                      ht, hv, routable, task_state, task_own, task_tries)
+                      ht, hv, routable, task_state, task_own, task_tries, X)
             want = _target_tasks(si) - si[N_TASKS]
         k += 1
 
@@ -208,7 +226,7 @@ def _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, o
 
 @nb.njit(cache=True)
 def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                   ht, hv, routable, task_state, task_own, task_tries, M):
+                   ht, hv, routable, task_state, task_own, task_tries, M, X):
     """Process every request event with time <= t_until, in time order.
 
     Order at equal times: queue-head expiry, then heap events (completions, task
@@ -247,7 +265,7 @@ def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, repli
             elif kind == EV_TASK:
                 task_state[idx] = TASK_RUNNING
                 _run_task(idx, tt, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent,
-                          ever_sent, ht, hv, routable, task_state, task_own, task_tries)
+                          ever_sent, ht, hv, routable, task_state, task_own, task_tries, X)
             else:
                 _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, ongoing, sent, ht, hv, M)
             continue
@@ -262,13 +280,13 @@ def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, repli
         queue[si[Q_TAIL]] = a
         si[Q_TAIL] += 1
         _maybe_start_tasks(t_arr, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                           ht, hv, routable, task_state, task_own, task_tries)
+                           ht, hv, routable, task_state, task_own, task_tries, X)
     sf[NOW] = t_until
 
 
 @nb.njit(cache=True)
 def set_routable_kernel(t, rid, add, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent,
-                        ever_sent, ht, hv, routable, task_state, task_own, task_tries):
+                        ever_sent, ht, hv, routable, task_state, task_own, task_tries, X):
     """The router's replica set changed (long-poll update): add or drop `rid`."""
     n = si[N_ROUTABLE]
     if add:
@@ -279,9 +297,9 @@ def set_routable_kernel(t, rid, add, si, sf, arr_t, svc, queue, start, end, stat
             if task_state[k] == TASK_WAITING:
                 task_state[k] = TASK_RUNNING
                 _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                          ht, hv, routable, task_state, task_own, task_tries)
+                          ht, hv, routable, task_state, task_own, task_tries, X)
         _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
-                           ht, hv, routable, task_state, task_own, task_tries)
+                           ht, hv, routable, task_state, task_own, task_tries, X)
     else:
         for j in range(n):
             if routable[j] == rid:
@@ -350,6 +368,7 @@ class DataPlane:
         replica_capacity: int = 64,
         service_model=None,
         columns: dict | None = None,
+        multiplex: tuple | None = None,
     ) -> None:
         n = int(arrivals.shape[0])
         self.n = n
@@ -383,6 +402,11 @@ class DataPlane:
                 # admits, deadlines and post-overhead completions: at most one each per request
                 self._heap_extra = 2 * max(n, 1)
         self.M = self.kernel_model.arrays if self.kernel_model is not None else _empty_model_arrays()
+        # Multiplexing (simtune.multiplex.mux_arrays): routing by model id, per-replica LRU.
+        self.X = multiplex if multiplex is not None else empty_mux_arrays()
+        if multiplex is not None:
+            self.si[MUX] = 1
+            self.si[N_IMMEDIATE] = 2  # should_backoff: two attempts, then backoff sleeps
         self.ht = np.zeros(0)
         self.hv = np.zeros(0, dtype=np.int64)
         self._alloc_replicas(replica_capacity)
@@ -397,6 +421,8 @@ class DataPlane:
                 new[: old.shape[0]] = old
             setattr(self, name, new)
         heap_cap = max(self.n, 1) + MAX_TASKS + 8
+        if self.si[MUX]:
+            self.X = grow_mux(self.X, cap)
         if self.si[MODEL] != MK_FIXED:
             self.M = self.kernel_model.grow(self.M, cap)
             # model events: at most one valid per replica; stale ones are compacted beyond 2 x cap + 1024
@@ -417,14 +443,14 @@ class DataPlane:
                 self.task_state, self.task_own, self.task_tries)
 
     def advance(self, t: float) -> None:
-        advance_kernel(float(t), *self._common(), self.M)
+        advance_kernel(float(t), *self._common(), self.M, self.X)
 
     def add_replica(self, t: float, rid: int) -> None:
         self.ensure_replica(rid)
-        set_routable_kernel(float(t), int(rid), True, *self._common())
+        set_routable_kernel(float(t), int(rid), True, *self._common(), self.X)
 
     def remove_replica(self, t: float, rid: int) -> None:
-        set_routable_kernel(float(t), int(rid), False, *self._common())
+        set_routable_kernel(float(t), int(rid), False, *self._common(), self.X)
 
     def kill_replica(self, t: float, rid: int) -> int:
         return int(kill_kernel(float(t), int(rid), self.si, self.end, self.status, self.replica, self.ongoing,

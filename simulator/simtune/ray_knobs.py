@@ -27,6 +27,8 @@ class RayKnobs:
     router_max_backoff_s: float
     max_num_routing_tasks_cap: int
     delay_eps_s: float
+    multiplex_matching_timeout_s: float = 1.0  # RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S
+    multiplex_push_interval_s: float = 0.1  # PUSH_MULTIPLEXED_MODEL_IDS_INTERVAL_S
 
     def record_interval_s(self, look_back_period_s: float, metrics_interval_s: float) -> float:
         """serve/_private/router.py:RouterMetricsManager.update_deployment_config."""
@@ -59,4 +61,6 @@ def ray_knobs() -> RayKnobs:
         router_max_backoff_s=float(c.RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S),
         max_num_routing_tasks_cap=int(getattr(RequestRouter, "max_num_routing_tasks_cap", 50)),
         delay_eps_s=eps,
+        multiplex_matching_timeout_s=float(getattr(c, "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S", 1.0)),
+        multiplex_push_interval_s=float(getattr(c, "PUSH_MULTIPLEXED_MODEL_IDS_INTERVAL_S", 0.1)),
     )

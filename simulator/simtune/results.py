@@ -45,6 +45,7 @@ class SimResult:
     ttft: Optional[np.ndarray] = None  # time to first token/chunk seen by the client (s), NaN unless OK
     tpot: Optional[np.ndarray] = None  # time per output token after the first (s), NaN unless OK
     batch_size: Optional[np.ndarray] = None  # size of the @serve.batch batch the request ran in
+    model_hit: Optional[np.ndarray] = None  # multiplexed: its model was loaded when it reached the replica
 
     # -- per-request views -------------------------------------------------------------
     @property
@@ -59,7 +60,7 @@ class SimResult:
             "latency": self.latency, "status": self.status.astype(np.int16), "replica": self.replica,
             "service_time": self.service_time,
         })
-        for name in ("ttft", "tpot", "batch_size"):
+        for name in ("ttft", "tpot", "batch_size", "model_hit"):
             if getattr(self, name) is not None:
                 df[name] = getattr(self, name)
         return df
@@ -143,6 +144,9 @@ class SimResult:
                 out[f"{name}_s"] = ({"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
                                      "p99": float(np.percentile(v, 99)), "mean": float(v.mean())}
                                     if v.size else {"p50": None, "p90": None, "p99": None, "mean": None})
+        if self.model_hit is not None:
+            h = self.model_hit[ok]
+            out["multiplex"] = {"hit_rate": float(h.mean()) if h.size else None, "loads_or_waits": int((~h).sum())}
         if self.batch_size is not None:
             b = self.batch_size[ok & (self.batch_size > 0)]
             out["batch_size"] = ({"mean": float(b.mean()), "p50": float(np.percentile(b, 50)), "max": int(b.max())}

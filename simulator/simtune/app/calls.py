@@ -180,3 +180,40 @@ def subtrace(trace: Trace, rows: np.ndarray, name: str) -> Trace:
     """The trace's columns for the given calls (one row per call, by its request)."""
     return Trace(timestamps=trace.timestamps[rows], columns={k: np.asarray(v)[rows] for k, v in trace.columns.items()},
                  name=f"{trace.name}:{name}", origin=trace.origin, meta=dict(trace.meta))
+
+
+def multiplex_arrays(topo: Topology, table: CallTable, trace: Trace, seed: int, replicas: int,
+                     timeout_s: float, view_delay_s: float, max_ongoing: list[int]) -> list:
+    """Per deployment: simtune.multiplex state over all calls, or None if not multiplexed.
+
+    Model ids come from the trace's column (any type: factorised to dense ints); a miss
+    loads the model for `load_time` (a service-time spec, drawn per call, seeded)."""
+    import pandas as pd
+
+    from simtune.multiplex import mux_arrays
+
+    out: list = []
+    for d, name in enumerate(table.names):
+        mx = topo.nodes[name].multiplex
+        if mx is None:
+            out.append(None)
+            continue
+        where = f"{topo.source}: deployments.{name}.multiplex"
+        if topo.nodes[name].service_model is not None:
+            raise InputError(f"{where}: multiplexing is modelled with fixed service times only "
+                             "(remove service_model or multiplex)")
+        col = trace.columns.get(mx.model_id_column)
+        if col is None:
+            raise InputError(f"{where}.model_id_column: the trace has no column {mx.model_id_column!r} (it has: "
+                             f"{', '.join(sorted(trace.columns)) or 'none'})")
+        codes, _ = pd.factorize(pd.Series(np.asarray(col)), sort=True)
+        if (codes < 0).any():
+            row = int(np.flatnonzero(codes < 0)[0])
+            raise InputError(f"{where}.model_id_column: request {row} has no model id")
+        mids = np.full(table.n_calls, -1, dtype=np.int64)
+        calls = table.calls_of(d)
+        mids[calls] = codes[table.root[calls]]
+        load = parse_service_time(mx.load_time).sample(np.random.default_rng([seed, 211, d]), table.n_calls)
+        out.append(mux_arrays(mids, load, mx.max_num_models_per_replica, timeout_s, view_delay_s, replicas,
+                              max_ongoing[d]))
+    return out

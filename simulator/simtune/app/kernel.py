@@ -55,7 +55,7 @@ PH_OWN, PH_AWAIT, PH_POST = 0, 1, 2
 
 @nb.njit(cache=True)
 def _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
-           TO, TT, dep):
+           TO, TT, dep, Xs):
     """Downstream call k is made at time t: queue it at its deployment's handle.
 
     Returns False when the handle rejects it at once (max_queued_requests)."""
@@ -71,7 +71,7 @@ def _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SE
     queue[si[Q_TAIL]] = k
     si[Q_TAIL] += 1
     _maybe_start_tasks(t, si, SF[e], arr_t, svc, queue, start, end, status, replica, ONG[e], SENT[e], EVER[e],
-                       HT[e], HV[e], ROUT[e], TS[e], TO[e], TT[e])
+                       HT[e], HV[e], ROUT[e], TS[e], TO[e], TT[e], Xs[e])
     return True
 
 
@@ -156,7 +156,7 @@ def _cancel_tree(t, root, code, SI, SF, arr_t, svc, queue, start, end, status, r
 
 @nb.njit(cache=True)
 def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
-                TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode):
+                TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs):
     """Call c finished (ok) or failed; walk up: the caller continues, finishes or fails."""
     while True:
         p = parent[c]
@@ -176,7 +176,7 @@ def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica
             k = clist[cptr[p] + nissued[p]]
             nissued[p] += 1
             if _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
-                      TS, TO, TT, dep):
+                      TS, TO, TT, dep, Xs):
                 return
             ok = False
             c = k
@@ -195,7 +195,7 @@ def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica
 
 @nb.njit(cache=True)
 def _own_work_done(t, d, c, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
-                   TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, ingress):
+                   TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, ingress, Xs):
     """Call c's EV_DONE: its own work (or post-work) ended at t."""
     si = SI[d]
     r = replica[c]
@@ -214,37 +214,37 @@ def _own_work_done(t, d, c, SI, SF, arr_t, svc, queue, start, end, status, repli
             nissued[c] = 1
             k = clist[cptr[c]]
             if not _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV,
-                          ROUT, TS, TO, TT, dep):
+                          ROUT, TS, TO, TT, dep, Xs):
                 status[c] = FAILED
                 end[c] = t
                 release_slot(r, si, ONG[d], SENT[d])
                 _await_done(t, c, False, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER,
-                            HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode)
+                            HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs)
             return
         nleft[c] = nc
         nissued[c] = nc
         failed = False
         for j in range(cptr[c], cptr[c + 1]):
             if not _issue(t, clist[j], SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER,
-                          HT, HV, ROUT, TS, TO, TT, dep):
+                          HT, HV, ROUT, TS, TO, TT, dep, Xs):
                 failed = True
         if failed:  # gather raises the first error at once; the accepted calls keep running
             status[c] = FAILED
             end[c] = t
             release_slot(r, si, ONG[d], SENT[d])
             _await_done(t, c, False, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT,
-                        HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode)
+                        HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs)
         return
     status[c] = OK
     end[c] = t
     release_slot(r, si, ONG[d], SENT[d])
     _await_done(t, c, True, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
-                TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode)
+                TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs)
 
 
 @nb.njit(cache=True)
 def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV,
-                ROUT, TS, TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, stack):
+                ROUT, TS, TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs, stack):
     """Process every event of every deployment with time <= t_until, in time order.
 
     Order at equal times: the ingress queue-head expiry, then heap events (by time,
@@ -286,11 +286,11 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
             if kind == EV_DONE:
                 _own_work_done(tt, d, idx, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER,
                                HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft,
-                               dmode, ingress)
+                               dmode, ingress, Xs)
             elif kind == EV_TASK:
                 TS[d, idx] = 3  # TASK_RUNNING
                 _run_task(idx, tt, si, SF[d], arr_t, svc, queue, start, end, status, replica, ONG[d], SENT[d],
-                          EVER[d], HT[d], HV[d], ROUT[d], TS[d], TO[d], TT[d])
+                          EVER[d], HT[d], HV[d], ROUT[d], TS[d], TO[d], TT[d], Xs[d])
             elif kind == EV_DEADLINE and phase[idx] != PH_OWN:
                 if status[idx] == RUNNING:
                     _cancel_tree(tt, idx, TIMED_OUT, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG,
@@ -310,12 +310,12 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
         si0[Q_TAIL] += 1
         _maybe_start_tasks(t_arr, si0, SF[ingress], arr_t, svc, queue, start, end, status, replica, ONG[ingress],
                            SENT[ingress], EVER[ingress], HT[ingress], HV[ingress], ROUT[ingress], TS[ingress],
-                           TO[ingress], TT[ingress])
+                           TO[ingress], TT[ingress], Xs[ingress])
 
 
 @nb.njit(cache=True)
 def app_kill(t, d, rid, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
-             TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode):
+             TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs):
     """Force-kill replica rid of deployment d: everything it runs fails now (HTTP 500),
     as in simtune.dataplane.kill_kernel, and the callers of those calls fail in turn."""
     si = SI[d]
@@ -357,5 +357,5 @@ def app_kill(t, d, rid, SI, SF, arr_t, svc, queue, start, end, status, replica, 
             killed += 1
         if status[c] == FAILED and end[c] == t:
             _await_done(t, c, False, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT,
-                        HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode)
+                        HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs)
     return killed

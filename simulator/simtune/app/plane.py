@@ -17,8 +17,10 @@ import numpy as np
 from simtune.app.calls import CallTable
 from simtune.app.kernel import app_advance, app_kill
 from simtune.dataplane import MAX_TASKS, _empty_model_arrays, seed_kernel, set_routable_kernel
+from simtune.multiplex import empty_mux_arrays, grow_mux
 from simtune.service_models.kernels import (
-    A_PTR, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, N_IMMEDIATE, N_INFLIGHT,
+    A_PTR, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, MUX, N_IMMEDIATE,
+    N_INFLIGHT,
     N_REQ, N_STATE_F, N_STATE_I, NOTIFY, Q_HEAD, Q_TAIL, R_PTR, SLOT_OVERHEAD, TIMEOUT, HEAP_N, mev_limit,
 )
 
@@ -27,7 +29,7 @@ class AppDataPlane:
     def __init__(self, arrivals: np.ndarray, table: CallTable, before: np.ndarray, after: np.ndarray,
                  specs: list[Any], *, backoffs: list[tuple[float, float, float]], immediate_attempts: int,
                  backoff_resets: bool, slot_overhead_s: float, seed: int, replica_capacity: int,
-                 models: list[Any], columns: dict[str, np.ndarray]) -> None:
+                 models: list[Any], columns: dict[str, np.ndarray], multiplex: Optional[list] = None) -> None:
         n = int(arrivals.shape[0])
         C = table.n_calls
         D = len(table.names)
@@ -94,6 +96,13 @@ class AppDataPlane:
         self.HT = np.zeros((D, 0))
         self.HV = np.zeros((D, 0), dtype=np.int64)
         self._M = [km.arrays if km is not None else _empty_model_arrays() for km in self.kernel_models]
+        # Multiplexing per deployment (simtune.multiplex.mux_arrays over all calls, or None).
+        self._X = [x if x is not None else empty_mux_arrays() for x in (multiplex or [None] * D)]
+        for d, x in enumerate(multiplex or []):
+            if x is not None:
+                self.SI[d, MUX] = 1
+                self.SI[d, N_IMMEDIATE] = 2  # should_backoff: two attempts, then backoff sleeps
+        self.Xs: tuple = tuple(self._X)
         self._alloc(replica_capacity)
         seed_kernel(int(seed) % (2**32))
         self.views = [DeploymentView(self, d) for d in range(D)]
@@ -123,6 +132,8 @@ class AppDataPlane:
                 ht[d, :k], hv[d, :k] = self.HT[d, :k], self.HV[d, :k]
             self.HT, self.HV = ht, hv
         self.Ms = tuple(self._M)
+        self._X = [grow_mux(x, cap) if self.SI[d, MUX] else x for d, x in enumerate(self._X)]
+        self.Xs = tuple(self._X)
         self.R = cap
 
     def ensure_replica(self, rid: int) -> None:
@@ -132,13 +143,13 @@ class AppDataPlane:
     def _row(self, d: int) -> tuple:
         return (self.SI[d], self.SF[d], self.arr_t, self.svc, self.queue, self.start, self.end, self.status,
                 self.replica, self.ONG[d], self.SENT[d], self.EVER[d], self.HT[d], self.HV[d], self.ROUT[d],
-                self.TS[d], self.TO[d], self.TT[d])
+                self.TS[d], self.TO[d], self.TT[d], self.Xs[d])
 
     def _all(self) -> tuple:
         return (self.SI, self.SF, self.arr_t, self.svc, self.queue, self.start, self.end, self.status,
                 self.replica, self.ONG, self.SENT, self.EVER, self.HT, self.HV, self.ROUT, self.TS, self.TO,
                 self.TT, self.Ms, self.dep, self.parent, self.post, self.cptr, self.clist, self.phase,
-                self.nissued, self.nleft, self.dmode)
+                self.nissued, self.nleft, self.dmode, self.Xs)
 
     # -- driving it ----------------------------------------------------------------------
     def advance(self, t: float) -> None:

@@ -70,7 +70,7 @@ class AppResult:
                                      "queue_wait_s": p["queue_wait_s"], "replicas": p["replicas"],
                                      "scaling_events": p["scaling_events"],
                                      **({"cost": p["cost"]} if "cost" in p else {}),
-                                     **({k: p[k] for k in ("ttft_s", "tpot_s", "batch_size") if k in p})}
+                                     **({k: p[k] for k in ("ttft_s", "tpot_s", "batch_size", "multiplex") if k in p})}
                               for name, p in per.items()}
         out["deployment"] = f"{self.meta.get('application', '')} (application; ingress {self.ingress})"
         out.update({k: v for k, v in self.meta.items() if k not in out})

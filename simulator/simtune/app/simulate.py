@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import simpy
 
-from simtune.app.calls import CallTable, draw_calls, own_times
+from simtune.app.calls import CallTable, draw_calls, multiplex_arrays, own_times
 from simtune.app.plane import AppDataPlane
 from simtune.app.result import AppResult
 from simtune.app.spec import AppSpec
@@ -60,10 +60,14 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
                                      knobs.router_max_backoff_s) for s in specs]
     cap = max(64, 2 * max((s.autoscaling.max_replicas if s.autoscaling is not None else s.num_replicas)
                           for s in specs))
+    view_delay = (params.multiplex_view_delay_s if params.multiplex_view_delay_s is not None
+                  else knobs.multiplex_push_interval_s)
+    mux = multiplex_arrays(topo, table, trace, seed, cap, knobs.multiplex_matching_timeout_s, view_delay,
+                           [int(s.max_ongoing_requests) for s in specs])
     plane = AppDataPlane(trace.timestamps, table, before, after, specs, backoffs=backoffs,
                          immediate_attempts=params.immediate_attempts, backoff_resets=params.router_backoff_resets,
                          slot_overhead_s=params.slot_overhead_s, seed=seed, replica_capacity=cap, models=models,
-                         columns=trace.columns)
+                         columns=trace.columns, multiplex=mux)
     rng = np.random.default_rng([seed, 2])
     # One controller loop for every deployment: a shared tick phase.
     period = knobs.control_loop_interval_s + params.controller_step_s
@@ -104,6 +108,11 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
                   **({"service_model": models[d].describe()} if models[d] is not None else {})},
             **plane.model_outputs(d, calls, params.proxy_overhead_s if d == 0 else 0.0),
         )
+        if mux[d] is not None:
+            # a hit: its own work began as soon as it reached the replica (no load, no lock wait)
+            r = results[name]
+            work = r.end - r.start - (before[calls] + after[calls]) - params.slot_overhead_s
+            r.model_hit = (r.status == 200) & (work < 1e-9)
     if topo.streams_from is not None and topo.streams_from != names[0]:
         _stream_end_to_end(results[names[0]], results[topo.streams_from], table, names.index(topo.streams_from))
     return AppResult(results, names[0], table, wall,
