@@ -65,6 +65,11 @@ class DeploymentSpec:
 
     @property
     def num_gpus(self) -> float:
+        """GPUs one replica reserves: its placement-group bundles' GPUs when it has bundles
+        (an LLM replica's engine workers hold them), else ray_actor_options.num_gpus."""
+        bundles = (self.deployment_options or {}).get("placement_group_bundles") or []
+        if bundles:
+            return float(sum(float((b or {}).get("GPU", 0) or 0) for b in bundles))
         return float(self.ray_actor_options.get("num_gpus") or 0.0)
 
     def with_options(self, **options: Any) -> "DeploymentSpec":
