@@ -65,8 +65,10 @@ def test_deployments_are_named_and_configured_as_ray_builds_them():
     assert pd_roles(app) == {"ingress": "OpenAiIngress", "prefill": PREFILL, "decode": DECODE}
     assert app.app_name == "pd-llama70b"
     topo = app.topology
-    assert [c.to for c in topo.nodes["OpenAiIngress"].calls] == [PREFILL, DECODE]
-    assert topo.nodes["OpenAiIngress"].mode == "sequential"
+    # Ray 2.60's layout: the ingress calls decode; decode calls prefill, then runs its engine
+    assert [c.to for c in topo.nodes["OpenAiIngress"].calls] == [DECODE]
+    assert [c.to for c in topo.nodes[DECODE].calls] == [PREFILL]
+    assert topo.nodes[DECODE].model_after_calls and not topo.nodes[PREFILL].calls
     assert topo.streams_from == DECODE
     assert topo.nodes[DECODE].service_time == f"column:{KV_TRANSFER_COLUMN}"
     # each leg's autoscaling and max_ongoing_requests come from its LLMConfig.deployment_config
@@ -221,9 +223,12 @@ def test_single_request_ttft_is_prefill_plus_transfer_plus_first_decode_step(sch
     assert e2e.ttft[0] == pytest.approx(ttft, rel=1e-9)
     assert e2e.tpot[0] == pytest.approx(tpot, rel=1e-9)
     assert e2e.latency[0] == pytest.approx(ttft + (y - 1) * tpot, rel=1e-9)
-    # the prefill leg is one prompt step; the decode leg holds its slot through the transfer
+    # the prefill leg is one prompt step; the decode leg holds its slot from before prefill
+    # (it makes the prefill call) through the transfer to its last token
     assert res.deployments[PREFILL].latency[0] == pytest.approx(base.prefill_time(x), rel=1e-9)
-    assert res.deployments[DECODE].ttft[0] == pytest.approx(T + base.decode_step_time(1, x), rel=1e-9)
+    dec = res.deployments[DECODE]
+    assert dec.arrival[0] == pytest.approx(5.0) and dec.ttft[0] == pytest.approx(ttft, rel=1e-9)
+    assert dec.end[0] == pytest.approx(e2e.end[0])
     # the transfer scales with bandwidth: a 10x slower link adds 9T to TTFT
     slow, prep2 = load_pd_app(SERVE, engine, kv_bytes_per_token=KVB, kv_bandwidth_gbps=BW / 10, kv_latency_s=lat)
     res2 = simulate_app(prep2(_one(x, y, t=5.0)), slow, SimParams(), seed=1)

@@ -44,7 +44,7 @@ from simtune.service_models.kernels import (  # noqa: F401  (constants re-export
     BO_RESET, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
     N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
     SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
-    MK_LLM, MK_STREAM, MUX, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
+    CALLS_FIRST, MK_LLM, MK_STREAM, MUX, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
 )
 
 MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
@@ -116,6 +116,11 @@ def _start(t, t_work, r, i, si, sf, arr_t, svc, start, end, status, replica, ong
     sent[r] += 1
     ever_sent[r] = 1
     si[N_INFLIGHT] += 1
+    if si[CALLS_FIRST]:
+        # composed apps: the downstream calls come first, the model after (simtune.app.kernel)
+        status[i] = RUNNING
+        _heap_push(ht, hv, si, t_work, i * N_EV + EV_DONE)
+        return
     if si[MODEL] != MK_FIXED:
         # A service model decides when it finishes: hand it over (EV_ADMIT, processed next
         # at this same time by advance_kernel, which holds the model's arrays).

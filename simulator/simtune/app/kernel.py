@@ -43,14 +43,16 @@ from simtune.dataplane import (
     MAX_TASKS, TASK_FREE, TASK_WAITING, _maybe_start_tasks, _model_heap_event, _run_task,
 )
 from simtune.service_models.kernels import (
-    A_PTR, CANCELLED, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
+    A_PTR, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
     MK_FIXED, MODEL, N_EV, N_INFLIGHT, N_REQ, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING, TIMED_OUT,
     TIMEOUT, heap_push, heap_pop, heapify, model_cancel, model_kill, release_slot,
 )
 
 MODE_SEQUENTIAL, MODE_PARALLEL = 0, 1
-# call phases
-PH_OWN, PH_AWAIT, PH_POST = 0, 1, 2
+# call phases: own work (or, with CALLS_FIRST, nothing yet), awaiting downstream calls,
+# post-work, and the service model after the calls (CALLS_FIRST: e.g. Ray 2.60's PD decode
+# server calls prefill, then runs its own engine)
+PH_OWN, PH_AWAIT, PH_POST, PH_ENGINE = 0, 1, 2, 3
 
 
 @nb.njit(cache=True)
@@ -144,7 +146,7 @@ def _cancel_tree(t, root, code, SI, SF, arr_t, svc, queue, start, end, status, r
             for j in range(cptr[k], cptr[k] + nissued[k]):
                 stack[top] = clist[j]
                 top += 1
-        elif si[MODEL] != MK_FIXED and ph == PH_OWN and Ms[e][6][k] >= 0:
+        elif si[MODEL] != MK_FIXED and (ph == PH_OWN or ph == PH_ENGINE) and Ms[e][6][k] >= 0:
             # inside a service model: it leaves the model and frees its slot now
             model_cancel(t, replica[k], k, si, svc, status, HT[e], HV[e], Ms[e])
             Ms[e][6][k] = -1
@@ -183,6 +185,9 @@ def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica
             continue
         if nleft[p] > 0:
             return
+        if SI[d, CALLS_FIRST]:
+            _enter_engine(t, p, SI[d], HT[d], HV[d], svc, phase)
+            return
         if post[p] > 0.0:
             phase[p] = PH_POST
             heap_push(HT[d], HV[d], SI[d], t + post[p], p * N_EV + EV_DONE)
@@ -191,6 +196,14 @@ def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica
         end[p] = t
         release_slot(replica[p], SI[d], ONG[d], SENT[d])
         c = p
+
+
+@nb.njit(cache=True)
+def _enter_engine(t, c, si, ht, hv, svc, phase):
+    """CALLS_FIRST: call c's downstream calls are done; its service model takes it after
+    svc[c] (for the LLM engine: the KV-cache transfer), still holding its slot."""
+    phase[c] = PH_ENGINE
+    heap_push(ht, hv, si, t + svc[c], c * N_EV + EV_ADMIT)
 
 
 @nb.njit(cache=True)
@@ -203,9 +216,12 @@ def _own_work_done(t, d, c, SI, SF, arr_t, svc, queue, start, end, status, repli
         release_slot(r, si, ONG[d], SENT[d])  # timed out, killed or cancelled earlier
         return
     nc = cptr[c + 1] - cptr[c]
+    if si[CALLS_FIRST] and phase[c] == PH_OWN and nc == 0:
+        _enter_engine(t, c, si, HT[d], HV[d], svc, phase)  # no downstream call drawn for it
+        return
     if phase[c] == PH_OWN and nc > 0:
         phase[c] = PH_AWAIT
-        if d == ingress and si[MODEL] == MK_FIXED:
+        if d == ingress and (si[MODEL] == MK_FIXED or si[CALLS_FIRST]):
             deadline = arr_t[c] + SF[d][TIMEOUT]
             if deadline < math.inf:
                 heap_push(HT[d], HV[d], si, deadline, c * N_EV + EV_DEADLINE)
@@ -291,7 +307,7 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
                 TS[d, idx] = 3  # TASK_RUNNING
                 _run_task(idx, tt, si, SF[d], arr_t, svc, queue, start, end, status, replica, ONG[d], SENT[d],
                           EVER[d], HT[d], HV[d], ROUT[d], TS[d], TO[d], TT[d], Xs[d])
-            elif kind == EV_DEADLINE and phase[idx] != PH_OWN:
+            elif kind == EV_DEADLINE and (phase[idx] == PH_AWAIT or phase[idx] == PH_POST):
                 if status[idx] == RUNNING:
                     _cancel_tree(tt, idx, TIMED_OUT, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG,
                                  SENT, HT, HV, TO, Ms, dep, cptr, clist, phase, nissued, stack)

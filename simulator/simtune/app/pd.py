@@ -48,8 +48,13 @@ Ray's own `LLMConfig` class, which imports without vLLM.
 
 How it is simulated (topology, simtune.app):
 
-    OpenAiIngress (own time 0) --sequential--> Prefill:<name>, then Decode:<name>
-                                               streams_from: Decode:<name>
+    OpenAiIngress (own time 0) --> Decode:<name> --> Prefill:<name>
+    streams_from: Decode:<name>
+
+  As in Ray 2.60 (pd_server.py): the ingress calls decode only; the decode replica takes
+  the request (its slot and its autoscaling count from then on), calls prefill with
+  max_tokens=1 and awaits it, then runs the request on its own engine
+  (`model_after_calls: true`).
 
   * Prefill:<name> runs the engine model on the prompt and produces ONE token (column
     `pd_prefill_output_tokens`, all ones, added by the returned trace transform).
@@ -507,12 +512,12 @@ def load_pd_app(config: Union[str, Path, dict], engine: Any, *, kv_bytes_per_tok
     topo = Topology(
         ingress=ingress,
         nodes={
-            ingress: Node(ingress, service_time=ingress_time, mode="sequential",
-                          calls=[Call(prefill), Call(decode)]),
+            ingress: Node(ingress, service_time=ingress_time, calls=[Call(decode)]),
+            decode: Node(decode, service_time=f"column:{KV_TRANSFER_COLUMN}", calls=[Call(prefill)],
+                         service_model=decode_engine(engine_for(model, dec, f"{aw}.decode_config")),
+                         model_after_calls=True),
             prefill: Node(prefill, service_time="const:0",
                           service_model=prefill_engine(engine_for(model, pre, f"{aw}.prefill_config"))),
-            decode: Node(decode, service_time=f"column:{KV_TRANSFER_COLUMN}",
-                         service_model=decode_engine(engine_for(model, dec, f"{aw}.decode_config"))),
         },
         application=app_name, source=f"{source} ({PD_BUILDER})", streams_from=decode)
     check_graph(topo)
@@ -524,10 +529,10 @@ def load_pd_app(config: Union[str, Path, dict], engine: Any, *, kv_bytes_per_tok
 def pd_roles(app: AppSpec) -> dict[str, str]:
     """{"ingress": ..., "prefill": ..., "decode": ...} deployment names of a PD AppSpec."""
     topo = app.topology
-    if topo.streams_from is None or len(topo.nodes[topo.ingress].calls) != 2:
+    dec = topo.streams_from
+    if dec is None or not topo.nodes[dec].model_after_calls or len(topo.nodes[dec].calls) != 1:
         raise InputError(f"{app.source}: not a prefill/decode application")
-    prefill = next(c.to for c in topo.nodes[topo.ingress].calls if c.to != topo.streams_from)
-    return {"ingress": topo.ingress, "prefill": prefill, "decode": topo.streams_from}
+    return {"ingress": topo.ingress, "prefill": topo.nodes[dec].calls[0].to, "decode": dec}
 
 
 def colocated_app(config: Union[str, Path, dict], engine: Any, *, application: Optional[str] = None,

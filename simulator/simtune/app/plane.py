@@ -19,7 +19,7 @@ from simtune.app.kernel import app_advance, app_kill
 from simtune.dataplane import MAX_TASKS, _empty_model_arrays, seed_kernel, set_routable_kernel
 from simtune.multiplex import empty_mux_arrays, grow_mux
 from simtune.service_models.kernels import (
-    A_PTR, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, MUX, N_IMMEDIATE,
+    A_PTR, CALLS_FIRST, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, MUX, N_IMMEDIATE,
     N_INFLIGHT,
     N_REQ, N_STATE_F, N_STATE_I, NOTIFY, Q_HEAD, Q_TAIL, R_PTR, SLOT_OVERHEAD, TIMEOUT, HEAP_N, mev_limit,
 )
@@ -29,7 +29,8 @@ class AppDataPlane:
     def __init__(self, arrivals: np.ndarray, table: CallTable, before: np.ndarray, after: np.ndarray,
                  specs: list[Any], *, backoffs: list[tuple[float, float, float]], immediate_attempts: int,
                  backoff_resets: bool, slot_overhead_s: float, seed: int, replica_capacity: int,
-                 models: list[Any], columns: dict[str, np.ndarray], multiplex: Optional[list] = None) -> None:
+                 models: list[Any], columns: dict[str, np.ndarray], multiplex: Optional[list] = None,
+                 calls_first: Optional[list[bool]] = None) -> None:
         n = int(arrivals.shape[0])
         C = table.n_calls
         D = len(table.names)
@@ -84,6 +85,8 @@ class AppDataPlane:
                     km = None  # streaming runs as fixed (its first chunk is computed after)
                 else:
                     self.SI[d, MODEL] = km.code
+                    if calls_first and calls_first[d]:
+                        self.SI[d, CALLS_FIRST] = 1
             self.kernel_models.append(km)
         self.models = models
         self.counts = counts

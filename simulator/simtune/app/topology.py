@@ -29,6 +29,7 @@ The topology YAML says what the code does at request time, which no config holds
           max_num_models_per_replica: 4
           load_time: const:2.0
           model_id_column: model_id
+        model_after_calls: false      # true: the service model runs after the downstream calls
       Postprocess: {service_time: const:0.01}
 
 It can also be read from a Python `Deployment.bind(...)` graph where the user's code is
@@ -76,6 +77,9 @@ class Node:
     calls: list[Call] = field(default_factory=list)
     service_model: Any = None  # path or mapping (simtune.service_models), None: fixed times
     multiplex: Optional[Multiplex] = None
+    # The service model runs after the downstream calls return (own time: the wait before
+    # it, e.g. a KV-cache transfer); default: before them.
+    model_after_calls: bool = False
 
 
 @dataclass
@@ -153,7 +157,7 @@ def _parse_node(name: str, data: Any, where: str, base: Path) -> Node:
         data = {}
     if not isinstance(data, dict):
         raise _fail(where, "must be a mapping")
-    known = {"service_time", "after_fraction", "mode", "calls", "service_model", "multiplex"}
+    known = {"service_time", "after_fraction", "mode", "calls", "service_model", "multiplex", "model_after_calls"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise _fail(f"{where}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})")
@@ -188,6 +192,12 @@ def _parse_node(name: str, data: Any, where: str, base: Path) -> Node:
         elif not isinstance(sm, dict):
             raise _fail(f"{where}.service_model", "must be a file path or a mapping")
         node.service_model = sm
+    mac = data.get("model_after_calls", False)
+    if not isinstance(mac, bool):
+        raise _fail(f"{where}.model_after_calls", f"must be true or false, got {mac!r}")
+    if mac and sm is None:
+        raise _fail(f"{where}.model_after_calls", "needs a service_model (it says when the model runs)")
+    node.model_after_calls = mac
     mx = data.get("multiplex")
     if mx is not None:
         if not isinstance(mx, dict) or "max_num_models_per_replica" not in mx:

@@ -54,10 +54,11 @@ CANCELLED = 499  # a downstream call cancelled because its caller's request was 
 
 # int state vector slots (shared with simtune.dataplane)
 (A_PTR, Q_HEAD, Q_TAIL, R_PTR, N_ROUTABLE, HEAP_N, N_TASKS, N_INFLIGHT, CAP, MAX_QUEUED, N_IMMEDIATE, N_REQ,
- MODEL, N_BATCH, N_MEV, BO_RESET, NOTIFY, MUX) = range(18)
+ MODEL, N_BATCH, N_MEV, BO_RESET, NOTIFY, MUX, CALLS_FIRST) = range(19)
 # NOTIFY: a model's completion always goes through an EV_DONE event (composed apps);
-# MUX: the deployment is multiplexed (simtune.multiplex)
-N_STATE_I = 18
+# MUX: the deployment is multiplexed (simtune.multiplex);
+# CALLS_FIRST: a composed deployment's service model runs after its downstream calls
+N_STATE_I = 19
 # float state vector slots
 TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW = range(6)
 N_STATE_F = 6
