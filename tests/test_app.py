@@ -233,3 +233,24 @@ def test_cli_run_with_topology_writes_every_deployment(tmp_path):
     r = CliRunner().invoke(cli, ["run", "--trace", str(REPO / "traces/sample.csv"), "--config", str(cfg),
                                  "--topology", str(bad)])
     assert r.exit_code == 2 and "cycle A -> B -> A" in r.output
+
+
+
+def test_downstream_scale_from_zero_waits_for_a_record_and_a_push(tmp_path):
+    """Reference section 11.4: the handle's "immediate" scale-from-zero push carries only
+    the stored samples (zeros), so a downstream deployment at zero starts when a record
+    holding the queued call (every 0.2 x look_back_period_s = 6 s) has been pushed (every
+    metrics_interval_s = 10 s): seconds, not a tick, after its first call."""
+    auto = {"max_ongoing_requests": 8, "autoscaling_config": {
+        "min_replicas": 0, "initial_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 1,
+        "upscale_delay_s": 0, "downscale_delay_s": 600}}
+    cfg = _config(tmp_path, {"A": FIXED(1, 100), "B": auto})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0.05", "calls": ["B"]}, "B": {"service_time": "const:0.1"}}})
+    for seed in range(3):
+        res = simulate_app(Trace(np.array([30.0])), load_app(cfg, topo), SimParams(seed=seed), seed=seed)
+        dec = res.deployments["B"].decisions
+        assert dec.to_target.iloc[0] == 1 and dec.from_target.iloc[0] == 0
+        assert 30.05 < dec.time.iloc[0] <= 30.05 + 6.0 + 10.0 + 0.2
+        assert res.end_to_end.status[0] == 200
+        assert res.end_to_end.latency[0] > dec.time.iloc[0] - 30.0  # it waited for the replica
