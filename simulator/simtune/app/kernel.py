@@ -271,6 +271,9 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
     n = si0[N_REQ]
     timeout = SF[ingress][TIMEOUT]
     inf = math.inf
+    # the ingress's rows, made once (arrivals are the most frequent event)
+    sf0, ong0, sent0, ever0, ht0, hv0 = SF[ingress], ONG[ingress], SENT[ingress], EVER[ingress], HT[ingress], HV[ingress]
+    rout0, ts0, to0, tt0, x0 = ROUT[ingress], TS[ingress], TO[ingress], TT[ingress], Xs[ingress]
     while True:
         a = si0[A_PTR]
         t_arr = arr_t[a] if a < n else inf
@@ -324,9 +327,8 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
             continue
         queue[si0[Q_TAIL]] = a
         si0[Q_TAIL] += 1
-        _maybe_start_tasks(t_arr, si0, SF[ingress], arr_t, svc, queue, start, end, status, replica, ONG[ingress],
-                           SENT[ingress], EVER[ingress], HT[ingress], HV[ingress], ROUT[ingress], TS[ingress],
-                           TO[ingress], TT[ingress], Xs[ingress])
+        _maybe_start_tasks(t_arr, si0, sf0, arr_t, svc, queue, start, end, status, replica, ong0, sent0, ever0,
+                           ht0, hv0, rout0, ts0, to0, tt0, x0)
 
 
 @nb.njit(cache=True)
