@@ -254,3 +254,20 @@ def test_downstream_scale_from_zero_waits_for_a_record_and_a_push(tmp_path):
         assert 30.05 < dec.time.iloc[0] <= 30.05 + 6.0 + 10.0 + 0.2
         assert res.end_to_end.status[0] == 200
         assert res.end_to_end.latency[0] > dec.time.iloc[0] - 30.0  # it waited for the replica
+
+
+def test_call_overhead_delays_each_downstream_call_and_holds_the_callers_slot(tmp_path):
+    cfg = _config(tmp_path, {"A": FIXED(1, 1), "B": FIXED(1, 100), "C": FIXED(1, 100)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0.01", "calls": ["B", "C"]},
+        "B": {"service_time": "const:0.1"}, "C": {"service_time": "const:0.2"}}})
+    app = load_app(cfg, topo)
+    res = simulate_app(Trace(np.array([0.0, 0.0])), app, SimParams(seed=0, call_overhead_s=0.006), seed=0)
+    lat = np.sort(res.end_to_end.latency)
+    one = 0.01 + 0.006 + 0.1 + 0.006 + 0.2
+    assert lat[0] == pytest.approx(one)
+    # A has one slot, held through both calls and their overheads: the second waits for it
+    assert lat[1] >= 2 * one - 1e-9
+    assert np.allclose(res.deployments["B"].arrival - res.deployments["B"].arrival.min(), [0, lat[0]], atol=0.6)
+    with pytest.raises(InputError, match="call_overhead_s must be >= 0"):
+        SimParams.from_dict({"call_overhead_s": -1})

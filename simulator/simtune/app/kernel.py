@@ -43,7 +43,7 @@ from simtune.dataplane import (
     MAX_TASKS, TASK_FREE, TASK_WAITING, _maybe_start_tasks, _model_heap_event, _run_task,
 )
 from simtune.service_models.kernels import (
-    A_PTR, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
+    A_PTR, CALL_OVERHEAD, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_ISSUE, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
     MK_FIXED, MODEL, N_EV, N_INFLIGHT, N_REQ, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING, TIMED_OUT,
     TIMEOUT, heap_push, heap_pop, heapify, model_cancel, model_kill, release_slot,
 )
@@ -58,9 +58,25 @@ PH_OWN, PH_AWAIT, PH_POST, PH_ENGINE = 0, 1, 2, 3
 @nb.njit(cache=True)
 def _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
            TO, TT, dep, Xs):
-    """Downstream call k is made at time t: queue it at its deployment's handle.
+    """Downstream call k is made at time t. With a call overhead (the handle call's round
+    trip outside both handlers, SimParams.call_overhead_s) it reaches the callee's handle
+    that much later (EV_ISSUE); the caller's slot is held meanwhile.
 
     Returns False when the handle rejects it at once (max_queued_requests)."""
+    e = dep[k]
+    ov = SF[e, CALL_OVERHEAD]
+    if ov > 0.0:
+        arr_t[k] = t + ov
+        heap_push(HT[e], HV[e], SI[e], t + ov, k * N_EV + EV_ISSUE)
+        return True
+    return _enqueue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
+                    TS, TO, TT, dep, Xs)
+
+
+@nb.njit(cache=True)
+def _enqueue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
+             TO, TT, dep, Xs):
+    """Call k reaches its deployment's handle at t: queued, or rejected (503)."""
     e = dep[k]
     si = SI[e]
     arr_t[k] = t
@@ -310,6 +326,13 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
                 TS[d, idx] = 3  # TASK_RUNNING
                 _run_task(idx, tt, si, SF[d], arr_t, svc, queue, start, end, status, replica, ONG[d], SENT[d],
                           EVER[d], HT[d], HV[d], ROUT[d], TS[d], TO[d], TT[d], Xs[d])
+            elif kind == EV_ISSUE:
+                if status[idx] == PENDING and not _enqueue(tt, idx, SI, SF, arr_t, svc, queue, start, end, status,
+                                                           replica, ONG, SENT, EVER, HT, HV, ROUT, TS, TO, TT, dep,
+                                                           Xs):
+                    _await_done(tt, idx, False, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT,
+                                EVER, HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued,
+                                nleft, dmode, Xs)
             elif kind == EV_DEADLINE and (phase[idx] == PH_AWAIT or phase[idx] == PH_POST):
                 if status[idx] == RUNNING:
                     _cancel_tree(tt, idx, TIMED_OUT, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG,

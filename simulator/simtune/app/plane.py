@@ -19,7 +19,7 @@ from simtune.app.kernel import app_advance, app_kill
 from simtune.dataplane import MAX_TASKS, _empty_model_arrays, seed_kernel, set_routable_kernel
 from simtune.multiplex import empty_mux_arrays, grow_mux
 from simtune.service_models.kernels import (
-    A_PTR, CALLS_FIRST, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, MUX, N_IMMEDIATE,
+    A_PTR, CALL_OVERHEAD, CALLS_FIRST, BO_INIT, BO_MAX, BO_MULT, BO_RESET, CAP, MAX_QUEUED, MK_FIXED, MK_STREAM, MODEL, MUX, N_IMMEDIATE,
     N_INFLIGHT,
     N_REQ, N_STATE_F, N_STATE_I, NOTIFY, Q_HEAD, Q_TAIL, R_PTR, SLOT_OVERHEAD, TIMEOUT, HEAP_N, mev_limit,
 )
@@ -30,7 +30,7 @@ class AppDataPlane:
                  specs: list[Any], *, backoffs: list[tuple[float, float, float]], immediate_attempts: int,
                  backoff_resets: bool, slot_overhead_s: float, seed: int, replica_capacity: int,
                  models: list[Any], columns: dict[str, np.ndarray], multiplex: Optional[list] = None,
-                 calls_first: Optional[list[bool]] = None) -> None:
+                 calls_first: Optional[list[bool]] = None, call_overhead_s: float = 0.0) -> None:
         n = int(arrivals.shape[0])
         C = table.n_calls
         D = len(table.names)
@@ -71,6 +71,7 @@ class AppDataPlane:
             sf[TIMEOUT] = float(timeout) if timeout and timeout > 0 else math.inf
             sf[BO_INIT], sf[BO_MULT], sf[BO_MAX] = backoffs[d]
             sf[SLOT_OVERHEAD] = float(slot_overhead_s)
+            sf[CALL_OVERHEAD] = float(call_overhead_s) if d > 0 else 0.0  # calls into d (the ingress has none)
         self.TS = np.zeros((D, MAX_TASKS), dtype=np.int64)
         self.TO = np.full((D, MAX_TASKS), -1, dtype=np.int64)
         self.TT = np.zeros((D, MAX_TASKS), dtype=np.int64)
@@ -121,7 +122,7 @@ class AppDataPlane:
             setattr(self, name, new)
         heap_cap = 8
         for d in range(D):
-            h = 2 * int(self.counts[d]) + MAX_TASKS + 8
+            h = 3 * int(self.counts[d]) + MAX_TASKS + 8  # per call: done/admit, deadline, issue
             km = self.kernel_models[d]
             if km is not None:
                 self._M[d] = km.grow(self._M[d], cap)

@@ -68,7 +68,8 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
                          immediate_attempts=params.immediate_attempts, backoff_resets=params.router_backoff_resets,
                          slot_overhead_s=params.slot_overhead_s, seed=seed, replica_capacity=cap, models=models,
                          columns=trace.columns, multiplex=mux,
-                         calls_first=[topo.nodes[n].model_after_calls for n in names])
+                         calls_first=[topo.nodes[n].model_after_calls for n in names],
+                         call_overhead_s=params.call_overhead_s)
     rng = np.random.default_rng([seed, 2])
     # One controller loop for every deployment: a shared tick phase.
     period = knobs.control_loop_interval_s + params.controller_step_s

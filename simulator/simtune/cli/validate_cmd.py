@@ -41,6 +41,7 @@ def validate(
     trace: Optional[Path] = typer.Option(None, "--trace", help="Trace (CSV/Parquet) with timestamp and service_time."),
     scenario: Optional[str] = typer.Option(None, "--scenario", help="Built-in scenario (step, zero, burst): config + trace."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
+    topology: Optional[Path] = typer.Option(None, "--topology", help="Application topology YAML (who calls whom): run the config's whole application (stand-in deployments) and compare every deployment and the end-to-end latency."),
     time_window: Optional[str] = typer.Option(None, "--time-window", help="Replay only START:END seconds of the trace."),
     address: Optional[str] = typer.Option(None, "--address", help="Existing Ray cluster (default: start a local one)."),
     proxy_url: Optional[str] = typer.Option(None, "--proxy-url", help="Serve HTTP proxy base URL, if not reachable as configured."),
@@ -85,6 +86,8 @@ def _validate(**a: object) -> int:
     from simtune.validate import pipeline, scenarios
     from simtune.validate.harness import RealRunOptions
 
+    if a["topology"] is not None:
+        return _validate_app(a)
     scenario_obj = None
     if a["scenario"]:
         try:
@@ -127,6 +130,73 @@ def _validate(**a: object) -> int:
     for reason in res.reasons:
         typer.echo(f"FAIL: {reason}", err=True)
     return 0 if res.passed else 1
+
+
+def _validate_app(a: dict) -> int:
+    """`--topology`: the application's stand-in on real Ray vs simulate_app (simtune.validate.app_real)."""
+    from simtune.app.spec import load_app
+    from simtune.params import SimParams
+    from simtune.trace import load_trace
+    from simtune.validate import app_real
+    from simtune.validate import compare as cmp
+    from simtune.validate import pipeline
+    from simtune.validate.harness import RealRunOptions
+
+    for opt, key in (("--scenario", "scenario"), ("--deployment", "deployment"), ("--import-path", "import_path"),
+                     ("--request-template", "request_template"), ("--gpu-work", "gpu_work")):
+        if a[key]:
+            raise InputError(f"{opt} cannot be combined with --topology (the stand-in application is deployed)")
+    if int(a["repeat"]) != 1:
+        raise InputError("--repeat with --topology is not supported: one real run of the application")
+    if a["config"] is None or a["trace"] is None:
+        raise InputError("--topology needs --config FILE (the Serve config) and --trace FILE")
+    app = load_app(a["config"], a["topology"])
+    tr = pipeline.slice_window(load_trace(a["trace"]), pipeline.parse_window(a["time_window"]))
+    opts = RealRunOptions(
+        startup_s=float(a["startup_s"]), address=a["address"], proxy_url=a["proxy_url"], num_cpus=a["num_cpus"],
+        num_gpus=a["num_gpus"], tail_s=float(a["tail_s"]) if a["tail_s"] is not None else 20.0,
+        max_p99_lag_s=float(a["max_p99_lag_ms"]) / 1e3, max_lag_s=float(a["max_lag_ms"]) / 1e3,
+        crash_after_s=float(os.environ["SIMTUNE_VALIDATE_CRASH_AFTER_S"]) if os.environ.get("SIMTUNE_VALIDATE_CRASH_AFTER_S") else None,
+    )
+    gate = cmp.Gate(replica_seconds_pct=a["max_replica_seconds_error"], event_dt_s=a["max_event_dt"],
+                    p99_pct=a["max_p99_error"], p50_pct=a["max_p50_error"], running_mae=a["max_running_mae"],
+                    unmatched_events=int(a["max_unmatched_events"]))
+    label = Path(str(a["config"])).stem
+    out_dir = Path(a["out"]) if a["out"] else pipeline.default_out_dir(label)
+    if out_dir.exists():
+        raise InputError(f"--out {out_dir}: already exists")
+    base = SimParams.load(a["params"]) if a["params"] else None
+    res = app_real.run_app_validation(app, tr, opts, out_dir=out_dir, seed=int(a["seed"]), gate=gate, base_params=base,
+                                      calibrate_to=a["calibrate"], label=label,
+                                      progress=lambda m: typer.echo(m, err=True))
+    _print_app_summary(res.report)
+    typer.echo(f"wrote {res.out_dir}/fidelity.json and overlay.png", err=True)
+    for reason in res.reasons:
+        typer.echo(f"FAIL: {reason}", err=True)
+    return 0 if res.passed else 1
+
+
+def _print_app_summary(report: dict) -> None:
+    m = report["metrics"]
+    lines = [f"valid run: {report['valid']}"]
+    for name, d in m["deployments"].items():
+        mx, rs = d["max_replicas"], d["replica_seconds"]
+        lines.append(f"{name:<12} max replicas real {_fmt(mx['real'])} sim {_fmt(mx['sim'])}  replica-seconds real "
+                     f"{_fmt(rs['real'])} sim {_fmt(rs['sim'])} error {_fmt(rs['error_pct'], '%')}  running MAE "
+                     f"{_fmt(d['running_replicas_mae'])}")
+    lat = m["end_to_end"]["latency_s"] or {}
+    for q in ("p50", "p95", "p99"):
+        d = lat.get(q) or {}
+        lines.append(f"end-to-end {q}  real {_fmt(d.get('real'), ' s')}  sim {_fmt(d.get('sim'), ' s')}  "
+                     f"error {_fmt(d.get('error_pct'), '%')}")
+    for edge, h in (m.get("hops") or {}).items():
+        lines.append(f"handle call {edge}: {h['hop_overhead_s'] * 1e3:.1f} ms outside both handlers (median; "
+                     "not in the simulator)")
+    rq = m["end_to_end"]["requests"] or {}
+    lines.append("requests real " + json.dumps(rq.get("real")) + "  sim " + json.dumps(rq.get("sim")))
+    for w in report.get("warnings", []):
+        lines.append(f"warning: {w}")
+    typer.echo("\n".join(lines))
 
 
 def _fmt(v: object, unit: str = "") -> str:

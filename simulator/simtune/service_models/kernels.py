@@ -60,11 +60,11 @@ CANCELLED = 499  # a downstream call cancelled because its caller's request was 
 # CALLS_FIRST: a composed deployment's service model runs after its downstream calls
 N_STATE_I = 19
 # float state vector slots
-TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW = range(6)
-N_STATE_F = 6
+TIMEOUT, BO_INIT, BO_MULT, BO_MAX, SLOT_OVERHEAD, NOW, CALL_OVERHEAD = range(7)
+N_STATE_F = 7  # CALL_OVERHEAD: composed apps, a DeploymentHandle call's round trip outside both handlers
 
 # heap event kinds: value = id * N_EV + kind
-EV_DONE, EV_TASK, EV_MODEL, EV_DEADLINE, EV_ADMIT = 0, 1, 2, 3, 4
+EV_DONE, EV_TASK, EV_MODEL, EV_DEADLINE, EV_ADMIT, EV_ISSUE = 0, 1, 2, 3, 4, 5  # EV_ISSUE: composed apps
 EV_BITS = 3
 N_EV = 1 << EV_BITS
 EV_MASK = N_EV - 1

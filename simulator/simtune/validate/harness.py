@@ -296,23 +296,35 @@ def build_application(spec: Any, opts: RealRunOptions) -> Any:
 @contextlib.contextmanager
 def deployed(spec: Any, opts: RealRunOptions, local: bool) -> Iterator[str]:
     """Deploy under a unique app name and route prefix; always delete it afterwards."""
-    import ray
-    from ray import serve
-
-    app_name = f"{APP_PREFIX}{uuid.uuid4().hex[:8]}"
+    by_value: tuple = ()
     if not local and not opts.import_path:
         # The cluster need not have simtune installed: ship the stand-in's code by value.
         from simtune.validate import standin
 
-        ray.cloudpickle.register_pickle_by_value(standin)
+        by_value = (standin,)
+    with deployed_application(lambda: build_application(spec, opts), repr(spec.name), by_value) as app_name:
+        yield app_name
+
+
+@contextlib.contextmanager
+def deployed_application(build: Any, what: str, by_value: tuple = ()) -> Iterator[str]:
+    """Deploy `build()` (a Serve Application) under a unique app name and route prefix
+    (`simtune-validate-<hex>`); always delete it afterwards. `by_value`: modules whose
+    code is shipped to the cluster by value (a cluster without simtune installed)."""
+    import ray
+    from ray import serve
+
+    app_name = f"{APP_PREFIX}{uuid.uuid4().hex[:8]}"
+    for module in by_value:
+        ray.cloudpickle.register_pickle_by_value(module)
     try:
         try:
-            serve.run(build_application(spec, opts), name=app_name, route_prefix=f"/{app_name}")
+            serve.run(build(), name=app_name, route_prefix=f"/{app_name}")
         except SimtuneError:
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RealRunError(f"deploying {spec.name!r} failed: {first}") from None
+            raise RealRunError(f"deploying {what} failed: {first}") from None
         yield app_name
     finally:
         with _no_interrupts():
@@ -358,8 +370,12 @@ def wait_steady(fetch: Any, timeout_s: float) -> dict:
 
 
 def _start_loadgen(url: str, trace: Any, workdir: Path, opts: RealRunOptions,
-                   request_timeout_s: Optional[float], duration_s: float) -> subprocess.Popen:
-    st = trace.service_time
+                   request_timeout_s: Optional[float], duration_s: float,
+                   values: Optional[np.ndarray] = None) -> subprocess.Popen:
+    """Start the load generator. `values`: the per-request numbers it sends (the `st`
+    query parameter, or `{service_time}` in a request template); default the trace's
+    service times."""
+    st = trace.service_time if values is None else np.asarray(values, dtype=np.float64)
     if st is None:
         raise InputError("the trace has no service_time column; the stand-in needs one per request")
     np.savez(workdir / "trace.npz", timestamps=trace.timestamps, service_time=st)
@@ -395,6 +411,50 @@ def _requests_frame(raw: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def replay_observed(url: str, trace: Any, workdir: Path, opts: RealRunOptions, request_timeout_s: Optional[float],
+                    duration: float, observers: list, values: Optional[np.ndarray] = None) -> tuple[float, float, tuple]:
+    """Replay the trace open-loop through the load generator while `observers` poll.
+
+    Returns (t0, end_s, load average at the start); the records are in
+    `workdir/requests.parquet` (+ `.json` sidecar). The observers are stopped and the
+    generator ended on every exit path.
+    """
+    proc = None
+    started: list = []
+    try:
+        proc = _start_loadgen(url, trace, workdir, opts, request_timeout_s, duration, values=values)
+        ready = proc.stdout.readline().strip() if proc.stdout else ""
+        if ready != "READY":
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RealRunError(f"load generator failed to start: {(err.strip().splitlines() or ['?'])[-1]}")
+        for o in observers:
+            o.start()
+            started.append(o)
+        load_start = os.getloadavg()
+        t0 = time.time() + 1.0
+        proc.stdin.write(f"{t0!r}\n")
+        proc.stdin.flush()
+        limit = t0 + duration + opts.drain_timeout_s + 60.0
+        while proc.poll() is None:
+            if opts.crash_after_s is not None and time.time() - t0 > opts.crash_after_s:
+                raise RuntimeError("simulated crash (crash_after_s test hook)")
+            if time.time() > limit:
+                raise RealRunError("load generator did not finish in time")
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=10)
+        if proc.returncode != 0 or not (workdir / "requests.parquet").exists():
+            raise RealRunError(f"load generator failed (rc={proc.returncode}): "
+                               f"{(err.strip().splitlines() or ['?'])[-1]}")
+        end_s = max(duration + opts.tail_s, time.time() - t0)
+        while time.time() - t0 < end_s:
+            time.sleep(0.1)
+        return t0, end_s, load_start
+    finally:
+        _stop_child(proc)
+        for o in started:
+            o.stop()
+
+
 def run_real(spec: Any, trace: Any, opts: RealRunOptions) -> RealRun:
     """One complete real run. Raises RealRunError/InputError; KeyboardInterrupt passes."""
     if trace.service_time is None and not opts.import_path:
@@ -411,36 +471,10 @@ def run_real(spec: Any, trace: Any, opts: RealRunOptions) -> RealRun:
         fetch = observe.controller_details_fetcher(app_name, spec.name)
         initial = wait_steady(fetch, opts.ready_timeout_s)
         url = f"{cluster['http_url'].rstrip('/')}/{app_name}"
-        proc = None
         observer = observe.Observer(fetch, opts.poll_interval_s)
-        try:
-            proc = _start_loadgen(url, trace, workdir, opts, spec.request_timeout_s, duration)
-            ready = proc.stdout.readline().strip() if proc.stdout else ""
-            if ready != "READY":
-                err = proc.stderr.read() if proc.stderr else ""
-                raise RealRunError(f"load generator failed to start: {(err.strip().splitlines() or ['?'])[-1]}")
-            observer.start()
-            load_start = os.getloadavg()
-            t0 = time.time() + 1.0
-            proc.stdin.write(f"{t0!r}\n")
-            proc.stdin.flush()
-            limit = t0 + duration + opts.drain_timeout_s + 60.0
-            while proc.poll() is None:
-                if opts.crash_after_s is not None and time.time() - t0 > opts.crash_after_s:
-                    raise RuntimeError("simulated crash (crash_after_s test hook)")
-                if time.time() > limit:
-                    raise RealRunError("load generator did not finish in time")
-                time.sleep(0.1)
-            out, err = proc.communicate(timeout=10)
-            if proc.returncode != 0 or not (workdir / "requests.parquet").exists():
-                raise RealRunError(f"load generator failed (rc={proc.returncode}): "
-                                   f"{(err.strip().splitlines() or ['?'])[-1]}")
-            end_s = max(duration + opts.tail_s, time.time() - t0)
-            while time.time() - t0 < end_s:
-                time.sleep(0.1)
-        finally:
-            _stop_child(proc)
-            obs = observer.stop()
+        t0, end_s, load_start = replay_observed(url, trace, workdir, opts, spec.request_timeout_s, duration,
+                                                [observer])
+        obs = observer.obs
         raw = pd.read_parquet(workdir / "requests.parquet")
         side = json.loads((workdir / "requests.parquet.json").read_text())
         log_lines = observe.local_controller_log_lines() if cluster["local"] else None
