@@ -19,6 +19,7 @@ EXPECTED = {
     "02_tuning.ipynb": 1,
     "03_capacity_planning.ipynb": 3,
     "04_validation.ipynb": 1,
+    "05_applications.ipynb": 2,
 }
 
 
