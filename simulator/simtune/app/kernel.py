@@ -318,7 +318,19 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
             tt, v = heap_pop(HT[d], HV[d], si)
             idx = v >> EV_BITS
             kind = v & EV_MASK
-            if kind == EV_DONE:
+            if kind == EV_DONE and status[idx] == RUNNING and cptr[idx + 1] == cptr[idx] and si[CALLS_FIRST] == 0:
+                # the common case, inline: a call without downstream calls finishes
+                status[idx] = OK
+                end[idx] = tt
+                r = replica[idx]
+                ONG[d, r] -= 1
+                SENT[d, r] -= 1
+                si[N_INFLIGHT] -= 1
+                if parent[idx] >= 0:
+                    _await_done(tt, idx, True, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT,
+                                EVER, HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued,
+                                nleft, dmode, Xs)
+            elif kind == EV_DONE:
                 _own_work_done(tt, d, idx, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER,
                                HT, HV, ROUT, TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft,
                                dmode, ingress, Xs)
