@@ -26,6 +26,12 @@ deadline cancels it inside the model (408). Heap values are id * 8 + kind (see
 simtune.service_models.kernels); the routing functions never carry the model's arrays,
 so the fixed model's hot path is unchanged.
 
+Why `_nrt=False` on every compiled function here (and in simtune.service_models.kernels,
+simtune.multiplex, simtune.app.kernel): they never allocate, and without numba's
+reference counting an array argument costs nothing to pass; with it every call paid an
+atomic incref/decref per array (the application kernel passes ~30), which made a
+downstream call cost ~5 us instead of ~1 us.
+
 Why numba: this is the per-request hot path. Everything is a flat array and the loop
 is compiled; the control plane (simtune.controller) calls `advance(t)` between its
 events and reads the counters it needs (queued, per-replica running).
@@ -51,19 +57,19 @@ MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
 TASK_FREE, TASK_SLEEPING, TASK_WAITING, TASK_RUNNING = 0, 1, 2, 3
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def seed_kernel(seed: int) -> None:
     np.random.seed(seed)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _target_tasks(si):
     pending = si[Q_TAIL] - si[Q_HEAD]
     cap = min(50, 2 * si[N_ROUTABLE])
     return min(pending, cap)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _sleep_before(si, sf, attempts_done):
     k = attempts_done - si[N_IMMEDIATE]
     if k < 0:
@@ -71,7 +77,7 @@ def _sleep_before(si, sf, attempts_done):
     return min(sf[BO_INIT] * sf[BO_MULT] ** k, sf[BO_MAX])
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _pick(si, routable, ongoing):
     """One power-of-two-choices attempt: a replica id below the cap, or -1."""
     n = si[N_ROUTABLE]
@@ -95,7 +101,7 @@ def _pick(si, routable, ongoing):
     return best
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent, ht, hv):
     """Send the oldest pending request to replica r (FIFO fulfilment)."""
     q = si[Q_HEAD]
@@ -106,7 +112,7 @@ def _fulfil(t, r, si, sf, arr_t, svc, queue, start, end, status, replica, ongoin
     _start(t, t, r, i, si, sf, arr_t, svc, start, end, status, replica, ongoing, sent, ever_sent, ht, hv)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _start(t, t_work, r, i, si, sf, arr_t, svc, start, end, status, replica, ongoing, sent, ever_sent, ht, hv):
     """Request i takes a slot of replica r at t; its own work starts at t_work (>= t: a
     multiplexed model being loaded first)."""
@@ -141,7 +147,7 @@ def _start(t, t_work, r, i, si, sf, arr_t, svc, start, end, status, replica, ong
     _heap_push(ht, hv, si, done, i * N_EV + EV_DONE)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
               ht, hv, routable, task_state, task_own, task_tries, X):
     """Run routing task k at time t until it sleeps, waits for replicas or retires."""
@@ -188,7 +194,7 @@ def _run_task(k, t, si, sf, arr_t, svc, queue, start, end, status, replica, ongo
             return
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
                        ht, hv, routable, task_state, task_own, task_tries, X):
     want = _target_tasks(si) - si[N_TASKS]
@@ -206,7 +212,7 @@ def _maybe_start_tasks(t, si, sf, arr_t, svc, queue, start, end, status, replica
         k += 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, ongoing, sent, ht, hv, M):
     """A heap event that belongs to a service model (admit, model event, deadline)."""
     if kind == EV_ADMIT:
@@ -229,7 +235,7 @@ def _model_heap_event(tt, idx, kind, si, sf, arr_t, svc, end, status, replica, o
             release_slot(r, si, ongoing, sent)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent, ever_sent,
                    ht, hv, routable, task_state, task_own, task_tries, M, X):
     """Process every request event with time <= t_until, in time order.
@@ -289,7 +295,7 @@ def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, repli
     sf[NOW] = t_until
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def set_routable_kernel(t, rid, add, si, sf, arr_t, svc, queue, start, end, status, replica, ongoing, sent,
                         ever_sent, ht, hv, routable, task_state, task_own, task_tries, X):
     """The router's replica set changed (long-poll update): add or drop `rid`."""
@@ -313,7 +319,7 @@ def set_routable_kernel(t, rid, add, si, sf, arr_t, svc, queue, start, end, stat
                 break
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def kill_kernel(t, rid, si, end, status, replica, ongoing, sent, ht, hv, M):
     """Force-kill replica rid: its in-flight requests fail now (HTTP 500, not retried)."""
     killed = 0

@@ -96,14 +96,14 @@ def grow_mux(X: tuple, cap: int) -> tuple:
     return tuple(out)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _known(r, j, t, cache, seen, gone, delay):
     """Whether routers list entry j of replica r at t (reported from when its load was
     requested until a report after its eviction)."""
     return cache[r, j] >= 0 and seen[r, j] <= t and gone[r, j] + delay > t
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _visible(r, t, cache, seen, gone, delay, m):
     for j in range(cache.shape[1]):
         if cache[r, j] == m and _known(r, j, t, cache, seen, gone, delay):
@@ -111,7 +111,7 @@ def _visible(r, t, cache, seen, gone, delay, m):
     return False
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _fewest(t, si, routable, cache, seen, gone, delay, cand):
     n = si[N_ROUTABLE]
     best = 1 << 30
@@ -131,7 +131,7 @@ def _fewest(t, si, routable, cache, seen, gone, delay, cand):
     return c
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def mux_pick(t, call, si, routable, ongoing, X):
     """One multiplexed routing attempt for `call` (apply_multiplex_routing + pow-2): a
     replica id below max_ongoing_requests, or -1."""
@@ -184,7 +184,7 @@ def mux_pick(t, call, si, routable, ongoing, X):
     return best
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def mux_take(m, si, queue, task_own, mid):
     """Remove and return the oldest pending request for model m (else the oldest one):
     _fulfill_next_pending_request's matching. Queue positions after it shift down."""
@@ -215,7 +215,7 @@ def mux_take(m, si, queue, task_own, mid):
     return i
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def mux_replica(t, r, i, X):
     """Request i starts on replica r at t: when its handler gets its model. A loaded model
     is used at once (and becomes the most recently used); otherwise the handler waits

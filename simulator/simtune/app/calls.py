@@ -69,9 +69,8 @@ def draw_calls(topo: Topology, n_requests: int, seed: int) -> CallTable:
     child_all = [np.arange(n_requests, dtype=np.int64)]
     root_all = [np.arange(n_requests, dtype=np.int64)]
     dep_all = [np.full(n_requests, index[topo.ingress], dtype=np.int64)]
-    edge_par, edge_key, edge_child = [], [], []
+    edge_par, edge_child = [], []
     next_id = n_requests
-    max_count = max([c.count for n in names for c in topo.nodes[n].calls] or [1])
     for u in names:
         node = topo.nodes[u]
         if not node.calls:
@@ -95,7 +94,6 @@ def draw_calls(topo: Topology, n_requests: int, seed: int) -> CallTable:
                 root_all.append(rt)
                 dep_all.append(np.full(m, index[call.to], dtype=np.int64))
                 edge_par.append(par)
-                edge_key.append(np.full(m, e * max_count + rep, dtype=np.int64))
                 edge_child.append(child)
     C = next_id
     order = np.concatenate(child_all)
@@ -106,8 +104,11 @@ def draw_calls(topo: Topology, n_requests: int, seed: int) -> CallTable:
     parent[order] = np.concatenate(parents_all)
     root[order] = np.concatenate(root_all)
     if edge_par:
-        ep, ek, ec = np.concatenate(edge_par), np.concatenate(edge_key), np.concatenate(edge_child)
-        o = np.lexsort((ek, ep))
+        ep, ec = np.concatenate(edge_par), np.concatenate(edge_child)
+        # Edges were appended per caller deployment in (call, repeat) order, and each run of
+        # parents is ascending: a stable sort by parent keeps every caller's calls in order
+        # (timsort merges the few sorted runs quickly).
+        o = np.argsort(ep, kind="stable")
         ep, ec = ep[o], ec[o]
         counts = np.bincount(ep, minlength=C)
         clist = ec

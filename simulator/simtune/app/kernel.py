@@ -55,7 +55,7 @@ MODE_SEQUENTIAL, MODE_PARALLEL = 0, 1
 PH_OWN, PH_AWAIT, PH_POST, PH_ENGINE = 0, 1, 2, 3
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
            TO, TT, dep, Xs):
     """Downstream call k is made at time t. With a call overhead (the handle call's round
@@ -73,7 +73,7 @@ def _issue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SE
                     TS, TO, TT, dep, Xs)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _enqueue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
              TO, TT, dep, Xs):
     """Call k reaches its deployment's handle at t: queued, or rejected (503)."""
@@ -93,7 +93,7 @@ def _enqueue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, 
     return True
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _dequeue(k, si, queue, task_own):
     """Remove pending call k from its deployment's queue (a cancelled request)."""
     h = si[Q_HEAD]
@@ -118,7 +118,7 @@ def _dequeue(k, si, queue, task_own):
             task_own[m] = o - 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _expedite(t, k, ht, hv, si):
     """Call k's pending completion (or model admission) happens at t instead: its slot
     is freed when that EV_DONE pops, since its status is no longer RUNNING."""
@@ -132,7 +132,7 @@ def _expedite(t, k, ht, hv, si):
     return False
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _cancel_tree(t, root, code, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, HT, HV, TO,
                  Ms, dep, cptr, clist, phase, nissued, stack):
     """Cancel call `root` (status `code`) and every call it is awaiting, recursively."""
@@ -172,7 +172,7 @@ def _cancel_tree(t, root, code, SI, SF, arr_t, svc, queue, start, end, status, r
             _expedite(t, k, HT[e], HV[e], si)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
                 TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs):
     """Call c finished (ok) or failed; walk up: the caller continues, finishes or fails."""
@@ -214,7 +214,7 @@ def _await_done(t, c, ok, SI, SF, arr_t, svc, queue, start, end, status, replica
         c = p
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _enter_engine(t, c, si, ht, hv, svc, phase):
     """CALLS_FIRST: call c's downstream calls are done; its service model takes it after
     svc[c] (for the LLM engine: the KV-cache transfer), still holding its slot."""
@@ -222,7 +222,7 @@ def _enter_engine(t, c, si, ht, hv, svc, phase):
     heap_push(ht, hv, si, t + svc[c], c * N_EV + EV_ADMIT)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _own_work_done(t, d, c, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT,
                    TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, ingress, Xs):
     """Call c's EV_DONE: its own work (or post-work) ended at t."""
@@ -274,7 +274,7 @@ def _own_work_done(t, d, c, SI, SF, arr_t, svc, queue, start, end, status, repli
                 TS, TO, TT, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV,
                 ROUT, TS, TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs, stack):
     """Process every event of every deployment with time <= t_until, in time order.
@@ -366,7 +366,7 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
                            ht0, hv0, rout0, ts0, to0, tt0, x0)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def app_kill(t, d, rid, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, SENT, EVER, HT, HV, ROUT, TS,
              TO, TT, Ms, dep, parent, post, cptr, clist, phase, nissued, nleft, dmode, Xs):
     """Force-kill replica rid of deployment d: everything it runs fails now (HTTP 500),

@@ -91,7 +91,7 @@ PS_EPS = 1e-9  # remaining work (s) under which a processor-sharing job is done
 # ----------------------------------------------------------------------------- heap
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def heap_push(ht, hv, si, t, v):
     n = si[HEAP_N]
     ht[n] = t
@@ -106,7 +106,7 @@ def heap_push(ht, hv, si, t, v):
         n = p
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def heap_pop(ht, hv, si):
     n = si[HEAP_N] - 1
     t0 = ht[0]
@@ -131,7 +131,7 @@ def heap_pop(ht, hv, si):
     return t0, v0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def heapify(ht, hv, n):
     for start in range((n - 2) // 2, -1, -1):
         i = start
@@ -155,7 +155,7 @@ def mev_limit(replicas: int) -> int:
     return 2 * replicas + 1024
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _heap_compact(ht, hv, si, M):
     """Drop stale model events (time no longer equal to mnext of their replica)."""
     mnext = M[0]
@@ -178,7 +178,7 @@ def _heap_compact(ht, hv, si, M):
     heapify(ht, hv, w)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _msched(t, r, si, ht, hv, status, M):
     """Make t the next model event of replica r (inf: none); older entries go stale."""
     mnext = M[0]
@@ -195,14 +195,14 @@ def _msched(t, r, si, ht, hv, status, M):
 # ----------------------------------------------------------------------------- common
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def release_slot(r, si, ongoing, sent):
     ongoing[r] -= 1
     sent[r] -= 1
     si[N_INFLIGHT] -= 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _complete(t, i, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M):
     """The model finished request i at time t: it leaves the replica (after slot_overhead_s)."""
     mpos = M[6]
@@ -232,7 +232,7 @@ def _complete(t, i, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M):
 # k >= max_ongoing_requests is plain (generalised) processor sharing, k = 1 is FCFS.
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _ps_per(r, M):
     ri = M[2]
     mu = M[13]
@@ -242,7 +242,7 @@ def _ps_per(r, M):
     return mu[ri[r, RI_N]] / na
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _ps_update(t, r, M):
     rf = M[1]
     ri = M[2]
@@ -257,7 +257,7 @@ def _ps_update(t, r, M):
     rf[r, RF_LAST] = t
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _ps_next(r, M):
     rf = M[1]
     ri = M[2]
@@ -274,7 +274,7 @@ def _ps_next(r, M):
     return rf[r, RF_LAST] + m / _ps_per(r, M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _ps_start(r, i, w, M):
     """Request i starts sharing the replica with w seconds of work."""
     ri = M[2]
@@ -288,7 +288,7 @@ def _ps_start(r, i, w, M):
     ri[r, RI_RUN] = s + 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _ps_remove(r, s, svc, M):
     """Running slot s leaves; the oldest waiting request (if any) starts."""
     ri = M[2]
@@ -314,7 +314,7 @@ def _ps_remove(r, s, svc, M):
         _ps_start(r, i, svc[i], M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _unlink_waiting(r, i, M):
     """Remove request i from replica r's FIFO of waiting requests (mpos = S)."""
     ri = M[2]
@@ -337,7 +337,7 @@ def _unlink_waiting(r, i, M):
 # ----------------------------------------------------------------------------- @serve.batch
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _batch_fire(r, b, M):
     """The forming batch b closes (membership fixed) and queues for a permit."""
     ri = M[2]
@@ -352,7 +352,7 @@ def _batch_fire(r, b, M):
     ri[r, RI_WTAIL] = b
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _batch_start_waiting(t, r, status, M):
     """Closed batches acquire the max_concurrent_batches semaphore in FIFO order."""
     ri = M[2]
@@ -394,7 +394,7 @@ def _batch_start_waiting(t, r, status, M):
         ri[r, RI_RUN] += 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _batch_next(r, M):
     rf = M[1]
     ri = M[2]
@@ -414,7 +414,7 @@ def _batch_next(r, M):
 # ----------------------------------------------------------------------------- LLM engine
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _llm_prefill_time(x, x2, mp, tab):
     """Prefill time of a step that prefills x tokens in total (x2: sum of squares)."""
     k = int(mp[MPL_NPTAB])
@@ -432,7 +432,7 @@ def _llm_prefill_time(x, x2, mp, tab):
     return y if y > 0.0 else 0.0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _llm_schedule(t, r, si, ht, hv, x1, status, M):
     """Start the engine's next step on replica r at time t (vLLM-style continuous batching).
 
@@ -548,7 +548,7 @@ def _llm_schedule(t, r, si, ht, hv, x1, status, M):
     _msched(t + dur, r, si, ht, hv, status, M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _llm_step_end(t, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M):
     ri = M[2]
     sreq = M[3]
@@ -591,7 +591,7 @@ def _llm_step_end(t, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M):
     _llm_schedule(t, r, si, ht, hv, x1, status, M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def _llm_remove(r, s, M):
     ri = M[2]
     sreq = M[3]
@@ -614,7 +614,7 @@ def _llm_remove(r, s, M):
 # ----------------------------------------------------------------------------- dispatch
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def model_admit(t, r, i, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv, M):
     """Request i was just accepted by replica r at time t (its slot is taken)."""
     deadline = arr_t[i] + sf[TIMEOUT]
@@ -685,7 +685,7 @@ def model_admit(t, r, i, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv,
             _llm_schedule(t, r, si, ht, hv, x1, status, M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def model_event(t, r, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv, M):
     """Replica r's model reaches its scheduled event time t."""
     mk = si[MODEL]
@@ -729,7 +729,7 @@ def model_event(t, r, si, sf, arr_t, svc, status, end, ongoing, sent, ht, hv, M)
         _llm_step_end(t, r, si, sf, arr_t, status, end, ongoing, sent, ht, hv, M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def model_cancel(t, r, i, si, svc, status, ht, hv, M):
     """Request i (inside replica r's model) is cancelled at t; the caller frees its slot."""
     mk = si[MODEL]
@@ -760,7 +760,7 @@ def model_cancel(t, r, i, si, svc, status, ht, hv, M):
             _llm_remove(r, mpos[i], M)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, _nrt=False)
 def model_kill(t, rid, si, end, status, replica, ongoing, sent, M):
     """Force-kill: requests inside replica rid's model fail now (HTTP 500)."""
     mnext = M[0]
