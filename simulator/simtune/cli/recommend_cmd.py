@@ -67,6 +67,13 @@ def recommend(
     config: Optional[Path] = typer.Option(None, "--config", help="The current Serve config, RayService manifest or "
                                           "deployment YAML; printed back with the tuned deployment replaced."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
+    topology: Optional[Path] = typer.Option(None, "--topology", help="Application topology YAML (which deployment "
+                                            "calls which, each one's service time; see simtune.app.topology): tune "
+                                            "the application's deployments jointly against end-to-end SLOs and print "
+                                            "--config with every tuned deployment replaced. Needs --config."),
+    tune: Optional[List[str]] = typer.Option(None, "--tune", help="With --topology: the deployments to tune, "
+                                             "comma-separated or repeated (default: every one with "
+                                             "autoscaling_config); the others keep their config."),
     max_error_rate: float = typer.Option(0.001, "--max-error-rate", help="Highest share of requests rejected (503), "
                                          "timed out (408) or failed."),
     cost_per_replica_hour: Optional[float] = typer.Option(None, "--cost-per-replica-hour", help="Cost model; default: "
@@ -76,7 +83,8 @@ def recommend(
     pareto: bool = typer.Option(False, "--pareto", help="Search cost vs the first SLO's latency as two objectives "
                                 "and list the Pareto front (header, report)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: fix values, narrow ranges, "
-                                         "exclude fields (see simtune.tuner.space)."),
+                                         "exclude fields (see simtune.tuner.space); with --topology, DEPLOYMENT.FIELD "
+                                         "addresses one deployment, FIELD every tuned one."),
     trials: int = typer.Option(100, "--trials", help="Number of trials (configs proposed)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop proposing after this many seconds "
                                             "(the answer then depends on speed)."),
@@ -108,7 +116,10 @@ def recommend(
     report: Optional[Path] = typer.Option(None, "--report", help="Write plots and a Markdown summary here."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Search autoscaling_config for the lowest cost that meets the SLO; print it as Serve YAML."""
+    """Search autoscaling_config for the lowest cost that meets the SLO; print it as Serve YAML.
+
+    With --topology, search the autoscaling of an application's deployments jointly
+    (the SLOs are end to end, the cost is summed over all deployments)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s",
                         stream=sys.stderr)
     import optuna
@@ -121,7 +132,8 @@ def recommend(
 
             opts = RecommendOptions(
                 traces=[str(t) for t in trace], slos=list(slo), config=str(config) if config else None,
-                deployment=deployment, service_time=service_time, replica_startup_s=replica_startup_s,
+                deployment=deployment, topology=str(topology) if topology else None, tune=list(tune or []),
+                service_time=service_time, replica_startup_s=replica_startup_s,
                 service_model=str(service_model) if service_model else None,
                 params_file=str(params_file) if params_file else None, max_error_rate=max_error_rate,
                 cost_per_replica_hour=cost_per_replica_hour, cost_per_gpu_hour=cost_per_gpu_hour, pareto=pareto,

@@ -1,8 +1,10 @@
-"""`simtune recommend`: an honest optuna search for a deployment's autoscaling_config.
+"""`simtune recommend`: an honest optuna search for a deployment's autoscaling_config,
+or for those of several deployments of a composed application (--topology), jointly.
 
 Modules, in the order data flows:
   space      which fields are searched, over what (defaults, --space files)
   candidate  field values -> a deployment entry Ray accepts (or a pruned trial)
+  target     what is tuned: one deployment, or an application's deployments (one code path)
   problem    traces split by time, headroom scaling, simulating one candidate
   objective  cost, SLO and error-rate constraints, the worst case
   executor   inline / worker processes / Ray tasks
@@ -15,6 +17,10 @@ Modules, in the order data flows:
     rec = recommend(RecommendOptions(traces=["prod.csv"], slos=["p99=2.0"], config="serve.yaml",
                                      service_time="lognormal:mean=0.1,p99=0.5"))
     print(rec.text)
+
+    # an application: Serve config + topology, its autoscaled deployments tuned jointly
+    rec = recommend(RecommendOptions(traces=["prod.csv"], slos=["p99=2.0"], config="serve.yaml",
+                                     topology="topology.yaml", tune=["Model"]))
 """
 
 from simtune.tuner.run import Recommendation, RecommendOptions, recommend

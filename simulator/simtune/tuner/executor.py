@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Job:
     key: Any  # the caller's handle (a slot number, a baseline name)
-    entry: dict
+    entry: Any  # the target's candidate: a deployment entry, or {deployment: entry}
     part: str = "search"
     strict: bool = True
     keep: bool = False
-    spec: Any = None  # the validated DeploymentSpec, when the caller has it
+    spec: Any = None  # the validated candidate (DeploymentSpec or {deployment: spec}), when the caller has it
 
 
 class WorkerLost(SimtuneError):

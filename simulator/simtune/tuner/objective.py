@@ -11,6 +11,15 @@ simulator seed x traffic multiplier); cost is, per trace, the maximum over its s
 and multipliers, summed over traces (the bill for serving all these workloads with
 the traffic at its worst). Constraint values are relative (p/bound - 1), so optuna
 sees one scale whatever the SLO's unit; <= 0 means met.
+
+A composed application (simtune.app) is scored the same way on its end-to-end view:
+the latency and errors of the trace's requests as the client sees them (the ingress's
+calls), and the cost of every deployment added up, each at its own num_gpus. Its
+metrics also carry `deployments`: each deployment's replica-seconds, mean replicas and
+cost, and the latency of the calls it received (the primary SLO's percentile). In the
+worst case each deployment's cost figures are those of the scenario that costs the
+application most on each trace (so they add up to the total), its latency the worst
+over every scenario.
 """
 
 from __future__ import annotations
@@ -77,11 +86,14 @@ class CostModel:
     def unit(self) -> str:
         return "replica-s" if self.per_replica_hour is None and self.per_gpu_hour is None else "$"
 
-    def __call__(self, replica_seconds: float) -> float:
+    def __call__(self, replica_seconds: float, num_gpus: Optional[float] = None) -> float:
+        """Cost of `replica_seconds` of a deployment with `num_gpus` per replica
+        (default: this model's own, the single deployment's)."""
         if self.unit == "replica-s":
             return replica_seconds
+        gpus = self.num_gpus if num_gpus is None else num_gpus
         hours = replica_seconds / 3600.0
-        return hours * (self.per_replica_hour or 0.0) + hours * self.num_gpus * (self.per_gpu_hour or 0.0)
+        return hours * (self.per_replica_hour or 0.0) + hours * gpus * (self.per_gpu_hour or 0.0)
 
 
 @dataclass(frozen=True)
@@ -108,20 +120,42 @@ class Objective:
     # -- one simulation ------------------------------------------------------------------
     def score(self, res, t0: float = 0.0) -> dict[str, Any]:
         """Metrics of the requests arriving at or after `t0` and the replica-seconds
-        from `t0` to the end of the run (`t0` > 0: a holdout window of a longer run)."""
-        m = res.arrival >= t0
+        from `t0` to the end of the run (`t0` > 0: a holdout window of a longer run).
+        `res`: a SimResult, or an AppResult (end to end, cost over every deployment)."""
+        per = getattr(res, "deployments", None)
+        e2e = res.end_to_end if per is not None else res
+        m = e2e.arrival >= t0
         n = int(m.sum())
-        ok = res.status[m] == OK
-        lat = res.latency[m][ok]
+        ok = e2e.status[m] == OK
+        lat = e2e.latency[m][ok]
         out: dict[str, Any] = {"requests": n, "error_rate": float(1.0 - ok.sum() / n) if n else 0.0}
         for slo in self.slos:
             out[slo.name] = float(np.percentile(lat, slo.percentile)) if lat.size else INFEASIBLE
             out[f"attainment_{slo.name}"] = float((lat <= slo.bound_s).sum() / n) if n else 1.0
-        rs = replica_seconds(res.timeline, t0, res.horizon)
+        if per is None:
+            rs = replica_seconds(res.timeline, t0, res.horizon)
+            out["replica_seconds"] = rs
+            out["mean_replicas"] = rs / (res.horizon - t0) if res.horizon > t0 else 0.0
+            out["cost"] = self.cost(rs)
+            return out
+        deps = {name: self._deployment(r, t0) for name, r in per.items()}
+        rs = sum(d["replica_seconds"] for d in deps.values())
         out["replica_seconds"] = rs
-        out["mean_replicas"] = rs / (res.horizon - t0) if res.horizon > t0 else 0.0
-        out["cost"] = self.cost(rs)
+        out["mean_replicas"] = rs / (e2e.horizon - t0) if e2e.horizon > t0 else 0.0
+        out["cost"] = sum(d["cost"] for d in deps.values())
+        out["deployments"] = deps
         return out
+
+    def _deployment(self, res, t0: float) -> dict[str, Any]:
+        """One deployment of an application: its cost and the latency of its calls."""
+        rs = replica_seconds(res.timeline, t0, res.horizon)
+        m = res.arrival >= t0
+        lat = res.latency[m][res.status[m] == OK]
+        p = self.primary
+        return {"calls": int(m.sum()), "replica_seconds": rs,
+                "mean_replicas": rs / (res.horizon - t0) if res.horizon > t0 else 0.0,
+                "cost": self.cost(rs, res.num_gpus),
+                p.name: float(np.percentile(lat, p.percentile)) if lat.size else INFEASIBLE}
 
     # -- many simulations -> one worst case ---------------------------------------------
     def worst(self, runs: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -140,6 +174,26 @@ class Objective:
         out["replica_seconds"] = sum(t["replica_seconds"] for t in per_trace.values())
         out["mean_replicas"] = max(t["mean_replicas"] for t in per_trace.values())
         out["requests"] = sum(m["requests"] for _, m in runs)
+        if any("deployments" in m for _, m in runs):
+            out["deployments"] = self._worst_deployments(runs)
+        return out
+
+    def _worst_deployments(self, runs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        """Per deployment: cost figures of each trace's costliest scenario (summed over
+        traces, like the total), latency the worst over every scenario."""
+        costliest: dict[str, dict[str, Any]] = {}
+        for name, m in runs:
+            if name not in costliest or m["cost"] > costliest[name]["cost"]:
+                costliest[name] = m
+        p = self.primary.name
+        out: dict[str, dict[str, Any]] = {}
+        for dep in runs[0][1]["deployments"]:
+            rows = [m["deployments"][dep] for m in costliest.values()]
+            out[dep] = {"calls": sum(m["deployments"][dep]["calls"] for _, m in runs),
+                        "replica_seconds": sum(r["replica_seconds"] for r in rows),
+                        "mean_replicas": max(r["mean_replicas"] for r in rows),
+                        "cost": sum(r["cost"] for r in rows),
+                        p: max(m["deployments"][dep][p] for _, m in runs)}
         return out
 
     def constraints(self, agg: dict[str, Any]) -> dict[str, float]:

@@ -11,7 +11,8 @@ being freshly deployed at the window's start.
 
 A `Problem` is picklable and shipped once to each worker process or Ray task; the
 objects that are not picklable (service-time samplers, startup models) are rebuilt
-lazily on the worker.
+lazily on the worker. What it simulates is its `target` (simtune.tuner.target): one
+deployment, or an application whose every simulation covers all its deployments.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 from simtune.errors import InputError
 from simtune.params import SimParams
 from simtune.trace import Trace, load_trace
-from simtune.tuner.candidate import Base, to_spec
 from simtune.tuner.objective import Objective
 from simtune.tuner.space import TrafficStats
 
@@ -46,14 +46,16 @@ class Scenario:
 
 @dataclass
 class Problem:
-    base: Base
+    target: Any  # simtune.tuner.target.DeploymentTarget | AppTarget
     objective: Objective
     service_time: Optional[str]
     params: dict
     sim_seeds: tuple[int, ...]
     search: list[Scenario]
     holdout: list[Scenario]
-    service_model: Any = None  # a simtune.service_models model (picklable), or None: fixed service times
+    # One deployment: a simtune.service_models model (picklable), or None: fixed service
+    # times (an application's service times and models come from its topology).
+    service_model: Any = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -80,20 +82,19 @@ class Problem:
         return self.search if part == "search" else self.holdout
 
 
-def evaluate(problem: Problem, entry: dict, part: str = "search", strict: bool = True,
+def evaluate(problem: Problem, candidate: Any, part: str = "search", strict: bool = True,
              keep: bool = False, spec=None) -> dict[str, Any]:
-    """Simulate `entry` on every scenario of `part` ("search" or "holdout") and every
-    simulator seed; returns the worst case plus each run's metrics. Raises
-    InvalidCandidate if Ray rejects the entry. `keep` also returns the SimResults.
-    `spec`: the entry already validated (Ray's DeploymentConfig costs ~20 ms a call)."""
-    from simtune.simulate import simulate
-
-    spec = spec if spec is not None else to_spec(problem.base, entry, strict=strict)
+    """Simulate `candidate` (the target's: an entry, or {deployment: entry}) on every
+    scenario of `part` ("search" or "holdout") and every simulator seed; returns the
+    worst case plus each run's metrics. Raises InvalidCandidate if Ray rejects it.
+    `keep` also returns the results. `spec`: the candidate already validated (Ray's
+    DeploymentConfig costs ~20 ms a call)."""
+    target = problem.target
+    spec = spec if spec is not None else target.validate(candidate, strict=strict)
     runs, results = [], []
     for sc in problem.scenarios(part):
         for seed in problem.sim_seeds:
-            res = simulate(sc.trace, spec, problem.sim_params(seed), service_time=problem.service_dist(), seed=seed,
-                           service_model=problem.service_model)
+            res = target.simulate(problem, spec, sc.trace, seed)
             m = problem.objective.score(res, sc.t0)
             runs.append({"trace": sc.trace_name, "headroom": sc.headroom, "seed": seed, **m})
             if keep:
@@ -174,6 +175,17 @@ def build_scenarios(traces: Sequence[Trace], holdout: float, headrooms: Sequence
     return search, hold
 
 
+def peak_rate_10s(search: Sequence[Scenario]) -> float:
+    """The busiest 10-s arrival rate over every search scenario (req/s)."""
+    peak = 0.0
+    for sc in search:
+        ts = sc.trace.timestamps
+        if len(ts):
+            counts = np.bincount(((ts - ts[0]) // 10.0).astype(np.int64))
+            peak = max(peak, float(counts.max()) / 10.0)
+    return peak
+
+
 def traffic_stats(search: Sequence[Scenario], service_time: Optional[str],
                   probe: Optional[Callable[[], float]] = None) -> TrafficStats:
     """Peak 10-s rate and mean service time of the search part (never the holdout).
@@ -223,3 +235,25 @@ def slot_time_probe(problem: "Problem", spec) -> Callable[[], float]:
         return float(np.mean(res.end[ok] - res.start[ok])) if ok.any() else 1.0
 
     return probe
+
+
+def app_traffic_stats(problem: "Problem", current: Any) -> dict[str, TrafficStats]:
+    """Each deployment's traffic, for its default ranges: the trace's peak 10-s rate
+    (every search scenario) times the calls the deployment receives per request, and
+    the mean time one of its calls holds a replica slot (its own work plus the
+    downstream calls it awaits), both measured in one simulation of the current config
+    (`current`, validated) on the first search scenario."""
+    from simtune.dataplane import OK
+
+    peak = peak_rate_10s(problem.search)
+    sc = problem.search[0]
+    res = problem.target.simulate(problem, current, sc.trace, problem.sim_seeds[0])
+    n = max(len(sc.trace), 1)
+    out = {}
+    for name, r in res.deployments.items():
+        ok = r.status == OK
+        done = np.isfinite(r.end) & np.isfinite(r.start)
+        pick = ok if ok.any() else done
+        slot = float(np.mean(r.end[pick] - r.start[pick])) if pick.any() else 1.0
+        out[name] = TrafficStats(peak_rate_10s=peak * len(r.arrival) / n, mean_service_s=slot)
+    return out

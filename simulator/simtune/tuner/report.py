@@ -4,7 +4,9 @@ Files: summary.md, recommendation.yaml, trials.csv, pareto_front.png,
 optimization_history.png, param_importances.png (optuna's own matplotlib
 visualisations), timeline_<trace>.png (replicas and latency of the recommendation
 against the current config and Ray's defaults over the whole trace, holdout included),
-and pareto.yaml (the front's configs) with --pareto.
+and pareto.yaml (the front's configs) with --pareto. For an application (--topology)
+the parameters are named DEPLOYMENT.FIELD and there is one timeline per deployment,
+timeline_<trace>_<deployment>.png (the ingress's latency is the end-to-end latency).
 
 Why the optuna plots are drawn from an in-memory copy of the trials in slot order:
 the storage numbers trials in the order they finished, which differs between runs;
@@ -23,7 +25,7 @@ from typing import Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from simtune.tuner.output import dump, metrics_table
+from simtune.tuner.output import deployments_table, dump, metrics_table
 from simtune.tuner.study import CANDIDATE, METRICS, PRUNED_REASON, SLOT, trial_entry, trial_metrics
 
 log = logging.getLogger(__name__)
@@ -104,13 +106,13 @@ def plots(out: Path, setup, trials: Sequence[FrozenTrial]) -> list[str]:
     return written
 
 
-def timelines(out: Path, setup, entries: dict[str, dict]) -> list[str]:
-    """Replica/latency timeline per trace (whole trace, nominal traffic, first seed)."""
+def timelines(out: Path, setup, entries: dict) -> list[str]:
+    """Replica/latency timeline per trace (whole trace, nominal traffic, first seed); for
+    an application one per trace and deployment."""
     from simtune.plots import plot_timeline
-    from simtune.simulate import simulate
-    from simtune.tuner.candidate import InvalidCandidate, to_spec
+    from simtune.tuner.candidate import InvalidCandidate
 
-    prob = setup.problem
+    prob, target = setup.problem, setup.target
     seed = prob.sim_seeds[0]
     written = []
     scenarios = prob.holdout or prob.search
@@ -120,21 +122,23 @@ def timelines(out: Path, setup, entries: dict[str, dict]) -> list[str]:
         results = []
         for label, entry in entries.items():
             try:
-                spec = to_spec(setup.base, entry, strict=False)
+                spec = target.validate(entry, strict=False)
             except InvalidCandidate:
                 continue
-            results.append((label, simulate(sc.trace, spec, prob.sim_params(seed),
-                                             service_time=prob.service_dist(), seed=seed,
-                                             service_model=prob.service_model)))
+            results.append((label, dict(target.views(target.simulate(prob, spec, sc.trace, seed)))))
         if not results:
             continue
-        name = f"timeline_{_safe(sc.trace_name)}.png"
-        title = f"{sc.trace_name}: {results[0][0]} (blue)"
-        if sc.t0 > 0:
-            title += f"; holdout from {sc.t0:.0f} s"
-        plot_timeline(results[0][1], out / name, slo_latency_s=setup.objective.primary.bound_s,
-                      others=results[1:], title=title)
-        written.append(name)
+        for dep in results[0][1]:
+            name = f"timeline_{_safe(sc.trace_name)}.png" if dep is None else \
+                f"timeline_{_safe(sc.trace_name)}_{_safe(dep)}.png"
+            where = sc.trace_name if dep is None else (
+                f"{sc.trace_name}, {dep}" + (" (ingress: end to end)" if dep == target.app.topology.ingress else ""))
+            title = f"{where}: {results[0][0]} (blue)"
+            if sc.t0 > 0:
+                title += f"; holdout from {sc.t0:.0f} s"
+            plot_timeline(results[0][1][dep], out / name, slo_latency_s=setup.objective.primary.bound_s,
+                          others=[(label, views[dep]) for label, views in results[1:]], title=title)
+            written.append(name)
     return written
 
 
@@ -155,17 +159,30 @@ def write_report(out: Path, setup, study, trials: Sequence[FrozenTrial], best: O
     if rec is not None:
         (out / "recommendation.yaml").write_text(rec.text)
     if setup.opts.pareto and front:
-        (out / "pareto.yaml").write_text(dump([{"trial": t.user_attrs[SLOT], **trial_metrics(t),
-                                                "deployment": trial_entry(t)} for t in front]))
+        (out / "pareto.yaml").write_text(dump([_pareto_row(setup.target, t) for t in front]))
     (out / "summary.md").write_text(_markdown(setup, study, trials, best, front, compare, pngs, failure))
     return out
 
 
+def _pareto_row(target, t: FrozenTrial) -> dict:
+    if target.kind == "deployment":
+        return {"trial": t.user_attrs[SLOT], **trial_metrics(t), "deployment": trial_entry(t)}
+    m = dict(trial_metrics(t))
+    per = m.pop("deployments", None)
+    return {"trial": t.user_attrs[SLOT], **m, "per_deployment": per,
+            "deployments": list(target.entries(trial_entry(t)).values())}
+
+
 def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failure: Optional[str]) -> str:
-    o, obj, prob = setup.opts, setup.objective, setup.problem
+    o, obj, prob, target = setup.opts, setup.objective, setup.problem, setup.target
     p = obj.primary.name
+    app = target.kind != "deployment"
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    lines = [f"# simtune recommend: {setup.spec.app_name}/{setup.spec.name}", ""]
+    lines = [f"# simtune recommend: {target.title()}", ""]
+    if app:
+        lines += [f"- Application: {target.describe()}; topology `{o.topology}` (ingress "
+                  f"{target.app.topology.ingress}); SLOs are end to end, cost is summed over every deployment; "
+                  f"parameters are named DEPLOYMENT.FIELD."]
     lines += [f"- Goal: least cost ({obj.cost.unit}) subject to {obj.describe()}, worst case over "
               f"traces x simulator seeds {list(prob.sim_seeds)} x traffic multipliers "
               f"{sorted({sc.headroom for sc in prob.search})}.",
@@ -179,6 +196,12 @@ def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failu
     cols = [(label, {"search": compare[label].get("search"), "holdout": compare[label].get("holdout")})
             for label in compare]
     lines += ["## Predicted metrics (worst case)", "", "```", *metrics_table(cols, obj, obj.cost.unit), "```", ""]
+    if app:
+        cands = {label: trial_entry(best) if label == "recommended" else setup.labels[label] for label in compare}
+        lines += ["## Per deployment", "", "Cost: each trace's costliest scenario, summed over traces; latency: of "
+                  "the calls the deployment receives (its own work plus the calls it awaits), worst scenario.", "",
+                  "```", *deployments_table(cols, target.settings(cands), target.tuned, obj, obj.cost.unit),
+                  "```", ""]
     if prob.holdout:
         lines += ["## Holdout, per trace (worst over seeds and multipliers)", "",
                   f"| trace | config | cost ({obj.cost.unit}) | {p} s | error rate | within {obj.primary.bound_s:g} s |",
@@ -192,16 +215,22 @@ def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failu
                 lines.append(f"| {name} | {label} | {w['cost']:,.1f} | {w[p]:.3f} | {w['error_rate']:.4f} | "
                              f"{100 * w[f'attainment_{p}']:.2f}% |")
         lines.append("")
-    if best is not None:
+    if best is not None and app:
+        lines += ["## Recommended deployment entries (tuned deployments)", "", "```yaml",
+                  dump(list(target.entries(trial_entry(best)).values())).rstrip(), "```", ""]
+    elif best is not None:
         lines += ["## Recommended deployment entry", "", "```yaml", dump(trial_entry(best)).rstrip(), "```", ""]
     if front:
         lines += [f"## Pareto front (cost vs {p}; trials within the error-rate cap)", "",
                   f"| trial | cost | {p} s | settings |", "|---:|---:|---:|---|"]
         for t in front[:20]:
             m = trial_metrics(t)
-            auto = trial_entry(t).get("autoscaling_config", {})
-            short = ", ".join(f"{k}={auto[k]}" for k in ("min_replicas", "max_replicas", "target_ongoing_requests")
-                              if k in auto)
+            if app:
+                short = target.short(trial_entry(t))
+            else:
+                auto = trial_entry(t).get("autoscaling_config", {})
+                short = ", ".join(f"{k}={auto[k]}" for k in ("min_replicas", "max_replicas", "target_ongoing_requests")
+                                  if k in auto)
             lines.append(f"| {t.user_attrs[SLOT]} | {m['cost']:,.1f} | {m[p]:.3f} | {short} |")
         lines.append("")
     pruned = [t.user_attrs.get(PRUNED_REASON) for t in trials if t.state == TrialState.PRUNED]

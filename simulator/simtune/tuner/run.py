@@ -6,6 +6,11 @@ The order is what makes the recommendation honest:
      worst case over traces, simulator seeds and traffic multipliers;
   3. only then simulate the winner, the user's current config and Ray's defaults on the
      held-out tail, and print those numbers next to each other, whatever they say.
+
+With --topology the same steps tune deployments of a composed application jointly
+(simtune.tuner.target.AppTarget): every simulation is of the whole application, the
+SLOs are end to end, the cost is summed over all its deployments, and the printed YAML
+is the user's config with every tuned deployment replaced.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from simtune.serve_config import DeploymentSpec, deployment_from_mapping, load_d
 from simtune.tuner.candidate import Base, default_entry, effective_values, to_spec
 from simtune.tuner.executor import Job, make_executor
 from simtune.tuner.objective import CostModel, Objective, parse_slo
-from simtune.tuner.output import header, metrics_table, render_document, verify
-from simtune.tuner.problem import (Problem, build_scenarios, file_digest, load_traces, slot_time_probe,
-                                   traffic_stats)
-from simtune.tuner.space import CONCURRENCY_AWARE, SearchSpace, apply_space_file, default_space
+from simtune.tuner.output import deployments_table, header, metrics_table, render_entries, verify_entries
+from simtune.tuner.problem import (Problem, app_traffic_stats, build_scenarios, file_digest, load_traces,
+                                   slot_time_probe, traffic_stats)
+from simtune.tuner.space import CONCURRENCY_AWARE, apply_app_space_file, apply_space_file, default_space
 from simtune.tuner.study import (METRICS, SLOT, Search, SearchSettings, open_storage, open_study,
                                  trial_entry, trial_metrics)
+from simtune.tuner.target import AppTarget, DeploymentTarget
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ class RecommendOptions:
     slos: Sequence[str]
     config: Optional[str] = None
     deployment: Optional[str] = None
+    topology: Optional[str] = None  # an application topology YAML: tune its deployments jointly
+    tune: Sequence[str] = ()  # with topology: the deployments to tune (default: every autoscaled one)
     service_time: Optional[str] = None
     service_model: Optional[str] = None
     replica_startup_s: Optional[str] = None
@@ -70,7 +78,7 @@ class RecommendOptions:
 @dataclass
 class Recommendation:
     text: str  # the YAML printed on stdout, header included
-    entry: dict
+    entry: Any  # the recommended entry; with --topology {tuned deployment: entry}
     best: FrozenTrial
     trials: list[FrozenTrial]
     front: list[FrozenTrial]
@@ -86,17 +94,20 @@ class Setup:
     """The loaded inputs: what a search and its report need."""
 
     opts: RecommendOptions
-    spec: DeploymentSpec
-    base: Base
+    target: Any  # DeploymentTarget | AppTarget (simtune.tuner.target)
     objective: Objective
     problem: Problem
-    space: SearchSpace
     inputs: dict
     fingerprint: str
     study_name: str
     storage_desc: str
     seed_params: list[dict]
-    labels: dict[str, dict] = field(default_factory=dict)  # baseline label -> entry
+    labels: dict[str, Any] = field(default_factory=dict)  # baseline label -> candidate
+
+    @property
+    def spec(self) -> DeploymentSpec:
+        """The deployment (an application: its ingress), which holds the user's document."""
+        return self.target.spec
 
 
 def _check_options(o: RecommendOptions) -> None:
@@ -131,16 +142,26 @@ def load_setup(o: RecommendOptions) -> Setup:
     names = [s.name for s in objective_slos]
     if len(set(names)) != len(names):
         raise InputError(f"--slo: percentile given twice ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))})")
-    if o.config:
-        spec = load_deployment(o.config, o.deployment)
+    if o.topology:
+        target = _app_target(o)
+        num_gpus = 0.0  # an application's deployments are costed at their own num_gpus
+        if o.cost_per_gpu_hour is not None and not any(s.num_gpus for s in target.specs.values()):
+            raise InputError("--cost-per-gpu-hour: no deployment of the application has ray_actor_options.num_gpus "
+                             "(give it in --config, or use --cost-per-replica-hour)")
     else:
-        name = (o.deployment or "app").split("/")[-1]
-        spec = deployment_from_mapping({"name": name, "num_replicas": "auto"}, source="<no --config>")
-    if o.cost_per_gpu_hour is not None and spec.num_gpus == 0:
-        raise InputError("--cost-per-gpu-hour: the deployment has no ray_actor_options.num_gpus "
-                         "(give it in --config, or use --cost-per-replica-hour)")
-    base = Base.from_spec(spec)
-    cost = CostModel(o.cost_per_replica_hour, o.cost_per_gpu_hour, spec.num_gpus)
+        if o.tune:
+            raise InputError("--tune needs --topology (without it the one deployment of --config is tuned)")
+        if o.config:
+            spec = load_deployment(o.config, o.deployment)
+        else:
+            name = (o.deployment or "app").split("/")[-1]
+            spec = deployment_from_mapping({"name": name, "num_replicas": "auto"}, source="<no --config>")
+        if o.cost_per_gpu_hour is not None and spec.num_gpus == 0:
+            raise InputError("--cost-per-gpu-hour: the deployment has no ray_actor_options.num_gpus "
+                             "(give it in --config, or use --cost-per-replica-hour)")
+        target = DeploymentTarget(spec, Base.from_spec(spec))
+        num_gpus = spec.num_gpus
+    cost = CostModel(o.cost_per_replica_hour, o.cost_per_gpu_hour, num_gpus)
     objective = Objective(objective_slos, float(o.max_error_rate), cost, bool(o.pareto))
     if o.service_time:
         parse_service_time(o.service_time)
@@ -155,33 +176,43 @@ def load_setup(o: RecommendOptions) -> Setup:
     traces = load_traces(o.traces)
     headrooms = tuple(sorted({1.0, *(float(h) for h in o.headroom)}))
     search, hold = build_scenarios(traces, o.holdout, headrooms, o.seed)
-    problem = Problem(base=base, objective=objective, service_time=o.service_time, params=params.to_dict(),
+    problem = Problem(target=target, objective=objective, service_time=o.service_time, params=params.to_dict(),
                       sim_seeds=tuple(o.seed + i for i in range(o.sim_seeds)), search=search, holdout=hold,
                       service_model=model)
-    stats = traffic_stats(search, o.service_time, slot_time_probe(problem, spec) if model is not None else None)
-
-    current = effective_values(spec)
-    mi = float(spec.autoscaling.metrics_interval_s) if spec.autoscaling is not None else 10.0
-    space = default_space(stats, current, spec.max_ongoing_requests, mi,
-                          concurrency_aware=getattr(model, "kind", "fixed") in CONCURRENCY_AWARE)
-    if o.space:
-        space = apply_space_file(space, o.space)
-    if not space.searched():
+    bases = target.bases
+    currents = {n: effective_values(target.specs[n]) for n in target.names}
+    if isinstance(target, AppTarget):
+        stats = app_traffic_stats(problem, {n: target.specs[n] for n in target.names})
+        spaces = {}
+        for n in target.names:
+            sp = target.specs[n]
+            mi = float(sp.autoscaling.metrics_interval_s) if sp.autoscaling is not None else 10.0
+            spaces[n] = default_space(stats[n], currents[n], sp.max_ongoing_requests, mi,
+                                      concurrency_aware=getattr(target.app.models.get(n), "kind", "fixed")
+                                      in CONCURRENCY_AWARE)
+        if o.space:
+            spaces = apply_app_space_file(spaces, o.space, target.app.names)
+        target.spaces = spaces
+    else:
+        spec = target.spec
+        stats = traffic_stats(search, o.service_time, slot_time_probe(problem, spec) if model is not None else None)
+        mi = float(spec.autoscaling.metrics_interval_s) if spec.autoscaling is not None else 10.0
+        space = default_space(stats, currents[spec.name], spec.max_ongoing_requests, mi,
+                              concurrency_aware=getattr(model, "kind", "fixed") in CONCURRENCY_AWARE)
+        if o.space:
+            space = apply_space_file(space, o.space)
+        target.space = space
+    if not target.searched():
         raise InputError(f"{o.space}: every field is fixed or excluded; nothing to search")
     inputs = {
         "traces": {tr.name: file_digest(p) for tr, p in zip(traces, o.traces)},
-        "deployment": f"{spec.app_name}/{spec.name}",
-        "entry": base.entry,
-        "request_timeout_s": base.request_timeout_s,
-        "service_time": o.service_time,
-        "service_model": ({"file": file_digest(o.service_model), "model": model.describe()} if model is not None
-                          else None),
+        **_target_inputs(o, target, model),
         "params": params.to_dict(),
         "slos": [str(s) for s in objective_slos],
         "max_error_rate": objective.max_error_rate,
         "cost": asdict(cost),
         "pareto": objective.pareto,
-        "space": space.to_dict(),
+        "space": target.space_dict(),
         "sim_seeds": list(problem.sim_seeds),
         "headroom": list(headrooms),
         "holdout": o.holdout,
@@ -190,20 +221,78 @@ def load_setup(o: RecommendOptions) -> Setup:
     }
     inputs = json.loads(json.dumps(inputs, default=str))
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    study_name = o.study_name or f"recommend-{spec.app_name}-{spec.name}-{fingerprint}"
+    study_name = o.study_name or f"recommend-{target.stem}-{fingerprint}"
 
     seeds = []
     if o.config:
-        seeds.append(space.project(current))
-    dflt = default_entry(base)
-    seeds.append(space.project(effective_values(to_spec(base, dflt, strict=False))))
+        seeds.append(target.project(currents))
+    dflt = {n: default_entry(bases[n]) for n in target.names}
+    seeds.append(target.project({n: effective_values(to_spec(bases[n], dflt[n], strict=False))
+                                 for n in target.names}))
     seeds = [p for i, p in enumerate(seeds) if p not in seeds[:i]]
-    labels = {"ray-defaults": dflt}
+    labels = {"ray-defaults": target.from_entries(dflt)}
     if o.config:
-        labels = {"current": base.entry, **labels}
+        labels = {"current": target.from_entries({n: bases[n].entry for n in target.names}), **labels}
     storage_desc = o.storage or str(_default_db(o))
-    return Setup(o, spec, base, objective, problem, space, inputs, fingerprint, study_name, storage_desc, seeds,
-                 labels)
+    return Setup(o, target, objective, problem, inputs, fingerprint, study_name, storage_desc, seeds, labels)
+
+
+def _target_inputs(o: RecommendOptions, target, model) -> dict:
+    """The inputs that say what is tuned (part of the study's fingerprint)."""
+    if isinstance(target, DeploymentTarget):
+        return {
+            "deployment": f"{target.spec.app_name}/{target.spec.name}",
+            "entry": target.base.entry,
+            "request_timeout_s": target.base.request_timeout_s,
+            "service_time": o.service_time,
+            "service_model": ({"file": file_digest(o.service_model), "model": model.describe()}
+                              if model is not None else None),
+        }
+    app = target.app
+    return {
+        "application": app.app_name,
+        "tuned": list(target.tuned),
+        "entries": {n: app.specs[n].deployment_options for n in app.names},
+        "request_timeout_s": target.spec.request_timeout_s,
+        "topology": {"file": file_digest(o.topology),
+                     "service_models": {n: m.describe() for n, m in sorted(app.models.items()) if m is not None},
+                     "service_model_files": {n: file_digest(node.service_model)
+                                             for n, node in sorted(app.topology.nodes.items())
+                                             if isinstance(node.service_model, str)}},
+    }
+
+
+def _app_target(o: RecommendOptions) -> AppTarget:
+    """The application of --config + --topology and which of its deployments are tuned."""
+    from simtune.app.spec import load_app
+
+    if not o.config:
+        raise InputError("--topology needs --config: the Serve config holding every deployment of the application")
+    if o.deployment:
+        raise InputError("--deployment cannot be combined with --topology; choose the deployments to tune with "
+                         "--tune A,B")
+    if o.service_time or o.service_model:
+        flag = "--service-time" if o.service_time else "--service-model"
+        raise InputError(f"{flag} cannot be combined with --topology: each deployment's service time and model "
+                         "come from the topology (deployments.NAME.service_time / service_model)")
+    app = load_app(o.config, o.topology)
+    names = app.names
+    if o.tune:
+        wanted = [t.strip() for item in o.tune for t in str(item).split(",") if t.strip()]
+        if not wanted:
+            raise InputError("--tune: give deployment names, e.g. --tune Model,Postprocess")
+        unknown = [t for t in wanted if t not in names]
+        if unknown:
+            raise InputError(f"--tune {unknown[0]!r}: no such deployment in application {app.app_name!r} of "
+                             f"{o.topology} (deployments: {', '.join(names)})")
+        tuned = [n for n in names if n in wanted]
+    else:
+        tuned = [n for n in names if app.specs[n].autoscaling is not None]
+        if not tuned:
+            raise InputError(f"{o.config}: no deployment of application {app.app_name!r} has autoscaling_config "
+                             f"(or num_replicas: auto); name the ones to tune with --tune (deployments: "
+                             f"{', '.join(names)})")
+    return AppTarget(app, tuned, {n: Base.from_spec(app.specs[n]) for n in tuned})
 
 
 def _default_db(o: RecommendOptions) -> Path:
@@ -259,21 +348,12 @@ def infeasible_message(trials: Sequence[FrozenTrial], objective: Objective, setu
     m = trial_metrics(best)
     closest = min(complete, key=lambda t: (objective.violation(trial_metrics(t)), t.user_attrs[SLOT]))
     mc = trial_metrics(closest)
-    settings = _short_settings(trial_entry(closest))
+    settings = setup.target.short(trial_entry(closest))
     lat = "none ok" if m[p] >= 1e8 else f"{m[p]:.3g} s"
     return (f"no configuration in the search space meets {objective.describe()} (worst case) over {where}; "
             f"best achievable {p} = {lat} with error rate {m['error_rate']:.4g}"
             f"{'' if ok_err else ' (no trial met the error-rate cap)'}; closest overall: {p} "
             f"{mc[p]:.3g} s, error rate {mc['error_rate']:.4g} ({settings}). Relax the SLO or widen --space")
-
-
-def _short_settings(entry: dict) -> str:
-    auto = entry.get("autoscaling_config") or {}
-    keys = ("min_replicas", "max_replicas", "target_ongoing_requests")
-    parts = [f"{k}={auto[k]}" for k in keys if k in auto]
-    if "max_ongoing_requests" in entry:
-        parts.append(f"max_ongoing_requests={entry['max_ongoing_requests']}")
-    return ", ".join(parts)
 
 
 # -- the whole command ---------------------------------------------------------------------
@@ -293,8 +373,7 @@ def recommend(opts: RecommendOptions, progress: Optional[Callable[[int, int, Opt
     executor = make_executor(setup.problem, o.n_jobs, o.ray_address)
     try:
         settings = SearchSettings(n_trials=o.trials, batch_size=o.batch_size, seed=o.seed, timeout_s=o.timeout_s)
-        search = Search(study, setup.space, setup.objective, setup.base, executor, settings, setup.seed_params,
-                        progress)
+        search = Search(study, setup.target, setup.objective, executor, settings, setup.seed_params, progress)
         trials = search.run()
         best = choose(trials, setup.objective)
         front = pareto_front(trials, setup.objective)
@@ -322,7 +401,7 @@ def recommend(opts: RecommendOptions, progress: Optional[Callable[[int, int, Opt
     return rec
 
 
-def _compare(executor, setup: Setup, entries: dict[str, dict], best: Optional[FrozenTrial]) -> dict[str, dict]:
+def _compare(executor, setup: Setup, entries: dict[str, Any], best: Optional[FrozenTrial]) -> dict[str, dict]:
     """Worst-case metrics of each labelled config on the search and holdout parts
     (the recommendation's search numbers are its trial's)."""
     jobs = []
@@ -347,15 +426,17 @@ def _compare(executor, setup: Setup, entries: dict[str, dict], best: Optional[Fr
 
 
 def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, front: Sequence[FrozenTrial],
-               compare: dict, entry: dict, study_name: str) -> str:
+               compare: dict, entry: Any, study_name: str) -> str:
     """The printed YAML: evidence header, then the document."""
     import ray
 
     import simtune
 
-    o, obj, prob = setup.opts, setup.objective, setup.problem
-    body, _doc = render_document(setup.spec, entry)
-    verify(body, setup.spec, setup.base, entry)
+    o, obj, prob, target = setup.opts, setup.objective, setup.problem, setup.target
+    tuned = target.entries(entry)
+    body, _doc = render_entries(target.spec, tuned)
+    kept = ({n: target.specs[n].deployment_options for n in target.kept} if isinstance(target, AppTarget) else None)
+    verify_entries(body, target.spec, {n: (target.bases[n], e) for n, e in tuned.items()}, kept)
     n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
     n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
     n_failed = sum(t.state == TrialState.FAIL for t in trials)
@@ -370,11 +451,14 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
     headrooms = sorted({sc.headroom for sc in prob.search})
     cols = [(label, {"search": compare[label].get("search"), "holdout": compare[label].get("holdout")})
             for label in compare]
+    app = isinstance(target, AppTarget)
     lines = [
-        f"simtune {simtune.__version__} recommend (Ray {ray.__version__}): deployment "
-        f"{setup.spec.app_name}/{setup.spec.name}, trial {best.user_attrs[SLOT]} of study {study_name}",
+        f"simtune {simtune.__version__} recommend (Ray {ray.__version__}): {target.describe()}, "
+        f"trial {best.user_attrs[SLOT]} of study {study_name}",
         f"goal: least cost ({obj.cost.unit}) subject to {obj.describe()}, worst case over",
         *([f"  service model {prob.service_model.describe()};"] if prob.service_model is not None else []),
+        *([f"  the application of {o.topology} (ingress {target.app.topology.ingress}, deployments "
+           f"{', '.join(target.app.names)}): latency end to end, cost summed over its deployments;"] if app else []),
         f"  traces {', '.join(spans)};",
         f"  simulator seeds {', '.join(map(str, prob.sim_seeds))}; traffic x{', x'.join(f'{h:g}' for h in headrooms)}"
         + (f"; holdout = last {o.holdout:.0%} of each trace, never seen by the search" if prob.holdout
@@ -382,9 +466,15 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
         f"search: {len(trials)} trials ({n_complete} simulated, {n_pruned} pruned as invalid by Ray"
         f"{f', {n_failed} failed' if n_failed else ''}), TPE seed {o.seed}, batches of {o.batch_size}"
         + (f"; stopped by --timeout before {o.trials}" if len(trials) < o.trials else ""),
-        "predicted (cost summed over traces; latency and error rate: the worst scenario):",
+        ("predicted end to end (cost summed over deployments and traces; latency and error rate: the worst "
+         "scenario):" if app else "predicted (cost summed over traces; latency and error rate: the worst scenario):"),
         *("  " + line for line in metrics_table(cols, obj, obj.cost.unit)),
     ]
+    if app:
+        lines.append("per deployment (cost: each trace's costliest scenario, summed; latency of the calls it "
+                     "receives: the worst scenario):")
+        lines += ["  " + line for line in deployments_table(cols, target.settings(_candidates(setup, compare, entry)),
+                                                             target.tuned, obj, obj.cost.unit)]
     if o.pareto and front:
         p = obj.primary.name
         lines.append(f"Pareto front, cost vs {p} (trials meeting the error-rate cap):")
@@ -392,7 +482,11 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
             m = trial_metrics(t)
             mark = " <- recommended" if t.user_attrs[SLOT] == best.user_attrs[SLOT] else ""
             lines.append(f"  {m['cost']:>12,.2f} {obj.cost.unit}  {p} {m[p]:8.3f} s  trial {t.user_attrs[SLOT]}: "
-                         f"{_short_settings(trial_entry(t))}{mark}")
+                         f"{target.short(trial_entry(t))}{mark}")
     if setup.spec.kind == "deployment" or setup.spec.document is None:
         lines.append("paste under applications[].deployments[] of a Serve config (or serveConfigV2)")
     return header(lines) + body
+
+
+def _candidates(setup: Setup, compare: dict, best_entry: Any) -> dict[str, Any]:
+    return {label: best_entry if label == "recommended" else setup.labels[label] for label in compare}

@@ -27,6 +27,12 @@ A space file (`--space space.yaml`) is a mapping from field name to:
     [a, b, c]  / {choices: [..]} search among these values
     {low: 1, high: 8, log: true, step: 1}   search a range (ints for int fields)
     {value: 3}  / {exclude: true}           the long forms of the first two
+
+Application runs (`--topology`) search every tuned deployment's fields at once; the
+optuna parameter of field F of deployment D is named `D.F` (e.g.
+`Model.target_ongoing_requests`). In their space file a key `D.F` addresses that
+deployment only, an unprefixed key `F` every tuned deployment; a `D.F` key wins over
+an `F` key whatever their order.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -315,11 +321,7 @@ def default_space(stats: TrafficStats, current: dict[str, Any], max_ongoing_requ
 # -- space files ---------------------------------------------------------------------------
 
 
-def apply_space_file(space: SearchSpace, path: str | Path) -> SearchSpace:
-    """`space` with the fields named in a space file replaced (see the module docstring).
-
-    Every error names the file and the field."""
-    path = Path(path)
+def _read_space_file(path: Path) -> Optional[dict]:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     try:
@@ -328,10 +330,19 @@ def apply_space_file(space: SearchSpace, path: str | Path) -> SearchSpace:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise InputError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise InputError(f"{path}: expected a mapping from field name to a value, range or choices")
+    return doc
+
+
+def apply_space_file(space: SearchSpace, path: str | Path) -> SearchSpace:
+    """`space` with the fields named in a space file replaced (see the module docstring).
+
+    Every error names the file and the field."""
+    path = Path(path)
+    doc = _read_space_file(path)
     if doc is None:
         return space
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: expected a mapping from field name to a value, range or choices")
     dims = dict(space.dims)
     for name, spec in doc.items():
         where = f"{path}: field {name!r}"
@@ -339,6 +350,67 @@ def apply_space_file(space: SearchSpace, path: str | Path) -> SearchSpace:
             raise InputError(f"{where}: unknown field (known: {', '.join(FIELDS)})")
         dims[name] = parse_dim(name, spec, where)
     return SearchSpace(dims=dims, base_min_replicas=space.base_min_replicas)
+
+
+def apply_app_space_file(spaces: dict[str, SearchSpace], path: str | Path,
+                         deployments: Sequence[str] = ()) -> dict[str, SearchSpace]:
+    """The tuned deployments' spaces (`spaces`, by deployment name) with a space file's
+    entries applied: `D.F` to deployment D, `F` to every one (module docstring).
+    `deployments`: every deployment of the application, for a clearer error when a key
+    names one that is not tuned."""
+    path = Path(path)
+    doc = _read_space_file(path)
+    if doc is None:
+        return dict(spaces)
+    common: dict[str, Dim] = {}
+    own: dict[str, dict[str, Dim]] = {name: {} for name in spaces}
+    for key, spec in doc.items():
+        where = f"{path}: field {key!r}"
+        key_s = str(key)
+        dep, _, name = key_s.rpartition(".") if "." in key_s else ("", "", key_s)
+        if name not in FIELDS:
+            example = f"{next(iter(spaces), 'Model')}.{FIELDS[0]}"
+            raise InputError(f"{where}: unknown field {name!r} (known: {', '.join(FIELDS)}; prefix one with a "
+                             f"deployment name, e.g. {example}, for that deployment only)")
+        if dep and dep not in spaces:
+            if dep in deployments:
+                raise InputError(f"{where}: deployment {dep!r} is not tuned (tuned: {', '.join(spaces)}; "
+                                 "name it in --tune)")
+            raise InputError(f"{where}: no deployment {dep!r} in the application (tuned: {', '.join(spaces)})")
+        dim = parse_dim(name, spec, where)
+        if dep:
+            own[dep][name] = dim
+        else:
+            common[name] = dim
+    out = {}
+    for dep, space in spaces.items():
+        dims = {**space.dims, **common, **own[dep]}
+        out[dep] = SearchSpace(dims=dims, base_min_replicas=space.base_min_replicas)
+    return out
+
+
+class PrefixedTrial:
+    """An optuna trial (or FixedTrial) seen through one deployment's parameter prefix:
+    `suggest_int("min_replicas", ...)` asks the trial for `"<prefix>.min_replicas"`."""
+
+    def __init__(self, trial, prefix: str) -> None:
+        self.trial = trial
+        self.prefix = prefix
+
+    def suggest_int(self, name: str, *args, **kwargs):
+        return self.trial.suggest_int(f"{self.prefix}.{name}", *args, **kwargs)
+
+    def suggest_float(self, name: str, *args, **kwargs):
+        return self.trial.suggest_float(f"{self.prefix}.{name}", *args, **kwargs)
+
+    def suggest_categorical(self, name: str, *args, **kwargs):
+        return self.trial.suggest_categorical(f"{self.prefix}.{name}", *args, **kwargs)
+
+
+def split_param(key: str) -> tuple[str, str]:
+    """`"Model.min_replicas"` -> `("Model", "min_replicas")` (deployment names may hold dots)."""
+    dep, _, name = key.rpartition(".")
+    return dep, name
 
 
 def parse_dim(name: str, spec: Any, where: str) -> Dim:

@@ -42,10 +42,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from simtune.errors import InputError
-from simtune.tuner.candidate import Base, InvalidCandidate, build_entry, to_spec
+from simtune.tuner.candidate import InvalidCandidate
 from simtune.tuner.executor import Job
 from simtune.tuner.objective import Objective
-from simtune.tuner.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +194,12 @@ def slot_seed(seed: int, slot: int) -> int:
 class Search:
     """Runs the slots of one study (see the module docstring)."""
 
-    def __init__(self, study: optuna.Study, space: SearchSpace, objective: Objective, base: Base, executor,
+    def __init__(self, study: optuna.Study, target, objective: Objective, executor,
                  settings: SearchSettings, seed_params: list[dict[str, Any]] = (),
                  progress: Optional[Callable[[int, int, Optional[float]], None]] = None) -> None:
         self.study = study
-        self.space = space
+        self.target = target  # simtune.tuner.target: what a slot's parameters configure
         self.objective = objective
-        self.base = base
         self.executor = executor
         self.s = settings
         self.seed_params = list(seed_params)
@@ -248,7 +246,7 @@ class Search:
     def _propose(self, mirror: optuna.Study, k: int) -> tuple[dict, dict]:
         if k < len(self.seed_params):
             fixed = optuna.trial.FixedTrial(self.seed_params[k])
-            params = self.space.suggest(fixed)
+            params = self.target.suggest(fixed)
             return params, dict(fixed.distributions)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True
@@ -256,13 +254,13 @@ class Search:
                 seed=slot_seed(self.s.seed, k), multivariate=True, group=True, constant_liar=False,
                 n_startup_trials=self.s.n_startup_trials)
         trial = mirror.ask()
-        params = self.space.suggest(trial)
+        params = self.target.suggest(trial)
         dists = dict(trial.distributions)
         mirror.tell(trial, state=TrialState.FAIL)
         return params, dists
 
     # -- writing the storage -----------------------------------------------------------
-    def _record(self, k: int, params: dict, dists: dict, state: TrialState, *, entry: dict,
+    def _record(self, k: int, params: dict, dists: dict, state: TrialState, *, entry: Any,
                 result: Optional[dict] = None, reason: Optional[str] = None) -> None:
         user_attrs: dict[str, Any] = {SLOT: k, CANDIDATE: entry}
         system_attrs: dict[str, Any] = {}
@@ -331,10 +329,10 @@ class Search:
         jobs, proposals = [], {}
         for k in slots:
             params, dists = self._propose(mirror, k)
-            entry = build_entry(self.base, self.space.values(params))
+            entry = self.target.candidate(params)
             proposals[k] = (params, dists, entry)
             try:
-                spec = to_spec(self.base, entry)
+                spec = self.target.validate(entry)
             except InvalidCandidate as exc:
                 self._record(k, params, dists, TrialState.PRUNED, entry=entry, reason=str(exc))
                 self._report(result=None)
@@ -383,7 +381,8 @@ class Search:
             self._best = cost if self._best is None else min(self._best, cost)
 
 
-def trial_entry(trial: FrozenTrial) -> dict:
+def trial_entry(trial: FrozenTrial) -> Any:
+    """The trial's candidate: a deployment entry, or {deployment: entry} for an application."""
     return trial.user_attrs[CANDIDATE]
 
 
