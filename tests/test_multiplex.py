@@ -80,3 +80,31 @@ def test_bad_multiplex_input():
         parse_topology({"ingress": "M", "deployments": {"M": {"multiplex": {"max_num_models_per_replica": 0}}}})
     with pytest.raises(InputError, match="multiplex: needs max_num_models_per_replica"):
         parse_topology({"ingress": "M", "deployments": {"M": {"multiplex": {"load_time": "const:1"}}}})
+
+
+def test_cli_synth_model_ids_then_run_a_multiplexed_topology(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from simtune.cli import app as cli
+
+    trace = tmp_path / "mux.parquet"
+    r = CliRunner().invoke(cli, ["trace", "synth", "poisson", "-o", str(trace), "-d", "60", "-r", "8",
+                                 "--service-time", "const:0.1", "--model-ids", "12", "--zipf-s", "1.1"])
+    assert r.exit_code == 0, r.output
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml.safe_dump({"applications": [{"name": "m", "import_path": "x:y", "deployments": [
+        {"name": "M", "num_replicas": 3, "max_ongoing_requests": 8}]}]}))
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(yaml.safe_dump({"ingress": "M", "deployments": {"M": {
+        "service_time": "trace", "multiplex": {"max_num_models_per_replica": 4, "load_time": "const:1.0"}}}}))
+    r = CliRunner().invoke(cli, ["run", "--trace", str(trace), "--config", str(cfg), "--topology", str(topo),
+                                 "--format", "json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert 0.8 < s["multiplex"]["hit_rate"] < 1.0
+    r = CliRunner().invoke(cli, ["trace", "synth", "poisson", "-o", str(trace), "-d", "60", "-r", "8",
+                                 "--model-ids", "0"])
+    assert r.exit_code == 2 and "--model-ids" in r.output

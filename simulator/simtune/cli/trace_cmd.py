@@ -211,6 +211,8 @@ def synth_cmd(
     output_tokens: Optional[str] = typer.Option(None, "--output-tokens", help="Attach output token counts from a distribution spec."),
     resample_from: Optional[Path] = typer.Option(None, "--resample-from", help="Attach service_time/token columns resampled jointly from this real trace."),
     resample_column: Optional[List[str]] = typer.Option(None, "--resample-column", help="Columns to resample (default: service_time, input_tokens, output_tokens present)."),
+    model_ids: Optional[int] = typer.Option(None, "--model-ids", help="Attach a model_id column (multiplexing): this many models, Zipf-distributed."),
+    zipf_s: float = typer.Option(1.0, "--zipf-s", help="--model-ids: Zipf exponent (0: uniform)."),
     seed: int = SeedOpt,
     max_rows: int = MaxRowsOpt,
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG of the rate over time."),
@@ -277,6 +279,13 @@ def synth_cmd(
             source = load_trace(resample_from, seed=seed)
             trace = resample_columns(trace, source, resample_column or None, seed=np.random.default_rng(resample_seed))
             trace.meta["resampled_from"] = str(resample_from)
+        if model_ids is not None:
+            from simtune.trace.model_ids import assign_model_ids
+
+            try:
+                trace = assign_model_ids(trace, model_ids, zipf_s, seed=seed)
+            except InputError as exc:
+                raise InputError(f"--model-ids/--zipf-s: {exc}") from None
         _check_parquet_name(output)
         save_trace(trace, output)
         _report_written(output, trace)
