@@ -103,6 +103,7 @@ class Controller:
         else:
             self.target = int(spec.num_replicas)
         self._wake: Optional[simpy.Event] = None
+        self.peers: list["Controller"] = []  # the other deployments' controllers (applications)
         self._next_id = 0
         self._running_ids: frozenset[int] = frozenset()
         # Initial replicas.
@@ -284,7 +285,11 @@ class Controller:
         running, starting, _ = self.counts()
         delta = self.target - (running + starting)
         if delta > 0:
-            durations = self.params.startup.draw(self.rng, delta, starting)
+            # Replicas starting at once slow each other down (process spawn, imports on the
+            # same CPUs), whichever deployment they belong to: an application's controllers
+            # share the count (`peers`).
+            others = sum(p.counts()[1] for p in self.peers if p is not self)
+            durations = self.params.startup.draw(self.rng, delta, starting + others)
             for d in durations:
                 self._new_replica(t, float(d))
             changed = True

@@ -80,6 +80,8 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
     controllers = [Controller(env, spec, knobs, ctrl_params, plane.views[d],
                               rng if d == 0 else np.random.default_rng([seed, 2, d]), t_start)
                    for d, spec in enumerate(specs)]
+    for c in controllers:
+        c.peers = controllers
     last = float(trace.timestamps[-1])
     env.run(until=last + 1e-9)
     limit = last + params.drain_limit_s
