@@ -271,3 +271,24 @@ def test_call_overhead_delays_each_downstream_call_and_holds_the_callers_slot(tm
     assert np.allclose(res.deployments["B"].arrival - res.deployments["B"].arrival.min(), [0, lat[0]], atol=0.6)
     with pytest.raises(InputError, match="call_overhead_s must be >= 0"):
         SimParams.from_dict({"call_overhead_s": -1})
+
+
+def test_force_killed_caller_fails_its_request_and_the_downstream_call_runs_on(tmp_path):
+    # Two A replicas each await a 60 s call to B; A scales down to one (target 5: decided at
+    # ~13 s, 5 s after the quiet start) and its graceful shutdown times out after 1 s: the
+    # victim's request fails (500) at the kill.
+    a = {"max_ongoing_requests": 4, "graceful_shutdown_timeout_s": 1, "graceful_shutdown_wait_loop_s": 0.5,
+         "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 2,
+                                "target_ongoing_requests": 5, "upscale_delay_s": 0, "downscale_delay_s": 5,
+                                "metrics_interval_s": 0.5, "look_back_period_s": 1}}
+    cfg = _config(tmp_path, {"A": a, "B": FIXED(2, 4)})
+    topo = _topo(tmp_path, {"ingress": "A", "deployments": {
+        "A": {"service_time": "const:0", "calls": ["B"]}, "B": {"service_time": "const:60"}}})
+    res = simulate_app(Trace(np.array([10.0, 10.0])), load_app(cfg, topo), SimParams(seed=0), seed=0)
+    e2e = res.end_to_end
+    st = sorted(e2e.status.tolist())
+    assert st == [200, 500]
+    killed = int(np.flatnonzero(e2e.status == 500)[0])
+    assert 10.0 < e2e.end[killed] < 20.0  # at the kill, long before B's 60 s
+    assert list(res.deployments["B"].status) == [200, 200]  # B's calls are not cancelled
+    assert e2e.end[1 - killed] == pytest.approx(70.0, abs=0.01)

@@ -50,7 +50,8 @@ from simtune.service_models.kernels import (  # noqa: F401  (constants re-export
     BO_RESET, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_BATCH, N_EV, N_IMMEDIATE, N_INFLIGHT, N_MEV, N_REQ,
     N_ROUTABLE, N_STATE_F, N_STATE_I, N_TASKS, NOW, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING,
     SLOT_OVERHEAD, TIMED_OUT, TIMEOUT, heap_pop as _heap_pop, heap_push as _heap_push, heapify as _heapify,
-    CALLS_FIRST, MK_LLM, MK_STREAM, MUX, mev_limit, model_admit, model_cancel, model_event, model_kill, release_slot,
+    CALLS_FIRST, MK_LLM, MK_STREAM, MUX, mev_limit, model_admit, model_cancel, model_event, model_kill, pow2_pick,
+    release_slot,
 )
 
 MAX_TASKS = 64  # >= Ray's max_num_routing_tasks_cap (50)
@@ -77,28 +78,10 @@ def _sleep_before(si, sf, attempts_done):
     return min(sf[BO_INIT] * sf[BO_MULT] ** k, sf[BO_MAX])
 
 
-@nb.njit(cache=True, _nrt=False)
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _pick(si, routable, ongoing):
-    """One power-of-two-choices attempt: a replica id below the cap, or -1."""
-    n = si[N_ROUTABLE]
-    if n == 0:
-        return -1
-    cap = si[CAP]
-    if n == 1:
-        r = routable[0]
-        return r if ongoing[r] < cap else -1
-    i = np.random.randint(0, n)
-    j = np.random.randint(0, n - 1)
-    if j >= i:
-        j += 1
-    a = routable[i]
-    b = routable[j]
-    best = -1
-    if ongoing[a] < cap:
-        best = a
-    if ongoing[b] < cap and (best == -1 or ongoing[b] < ongoing[best]):
-        best = b
-    return best
+    """One power-of-two-choices attempt over every routable replica: a replica id, or -1."""
+    return pow2_pick(routable, si[N_ROUTABLE], si[CAP], ongoing)
 
 
 @nb.njit(cache=True, _nrt=False)

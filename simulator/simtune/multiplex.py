@@ -51,7 +51,7 @@ import math
 import numba as nb
 import numpy as np
 
-from simtune.service_models.kernels import CAP, N_ROUTABLE, Q_HEAD, Q_TAIL, R_PTR
+from simtune.service_models.kernels import CAP, N_ROUTABLE, Q_HEAD, Q_TAIL, R_PTR, pow2_pick
 
 MX_TIMEOUT, MX_VIEW_DELAY, MX_K = 0, 1, 2
 
@@ -164,24 +164,7 @@ def mux_pick(t, call, si, routable, ongoing, X):
         for a in range(n_all):
             cand[a] = routable[a]
         c = n_all
-    if c == 0:
-        return -1
-    cap = si[CAP]
-    if c == 1:
-        r = cand[0]
-        return r if ongoing[r] < cap else -1
-    i = np.random.randint(0, c)
-    j = np.random.randint(0, c - 1)
-    if j >= i:
-        j += 1
-    a = cand[i]
-    b = cand[j]
-    best = -1
-    if ongoing[a] < cap:
-        best = a
-    if ongoing[b] < cap and (best == -1 or ongoing[b] < ongoing[best]):
-        best = b
-    return best
+    return pow2_pick(cand, c, si[CAP], ongoing)
 
 
 @nb.njit(cache=True, _nrt=False)

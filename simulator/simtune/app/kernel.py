@@ -40,7 +40,7 @@ import numba as nb
 import numpy as np
 
 from simtune.dataplane import (
-    MAX_TASKS, TASK_FREE, TASK_WAITING, _maybe_start_tasks, _model_heap_event, _run_task,
+    MAX_TASKS, TASK_FREE, TASK_WAITING, _maybe_start_tasks, _model_heap_event, _run_task, kill_kernel,
 )
 from simtune.service_models.kernels import (
     A_PTR, CALL_OVERHEAD, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_ISSUE, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
@@ -372,32 +372,11 @@ def app_kill(t, d, rid, SI, SF, arr_t, svc, queue, start, end, status, replica, 
     """Force-kill replica rid of deployment d: everything it runs fails now (HTTP 500),
     as in simtune.dataplane.kill_kernel, and the callers of those calls fail in turn."""
     si = SI[d]
-    ht = HT[d]
-    hv = HV[d]
-    killed = 0
-    for j in range(si[HEAP_N]):
-        v = hv[j]
-        kind = v & EV_MASK
-        i = v >> EV_BITS
-        if kind == EV_DONE:
-            if replica[i] == rid and ht[j] > t:
-                ht[j] = t
-                status[i] = FAILED
-                end[i] = t
-                killed += 1
-        elif kind == EV_ADMIT and replica[i] == rid and status[i] == RUNNING:
-            ht[j] = t
-            hv[j] = i * N_EV + EV_DONE
-            status[i] = FAILED
-            end[i] = t
-            killed += 1
-    heapify(ht, hv, si[HEAP_N])
     C = dep.shape[0]
-    if si[MODEL] != MK_FIXED:
-        a = si[A_PTR]
-        si[A_PTR] = C  # model_kill scans calls below A_PTR; here every call may be on rid
-        killed += model_kill(t, rid, si, end, status, replica, ONG[d], SENT[d], Ms[d])
-        si[A_PTR] = a
+    a = si[A_PTR]
+    si[A_PTR] = C  # model_kill scans calls below A_PTR; here every call may be on rid
+    killed = kill_kernel(t, rid, si, end, status, replica, ONG[d], SENT[d], HT[d], HV[d], Ms[d])
+    si[A_PTR] = a
     # Calls awaiting downstream calls hold a slot but no event; every failed call's caller
     # learns of the failure now.
     for c in range(C):

@@ -84,6 +84,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from contextlib import contextmanager
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -137,13 +138,33 @@ def _apply_llm_defaults(defaults: dict, user: Optional[dict]) -> dict:
     return maybe_apply_llm_deployment_config_defaults(copy.deepcopy(defaults), copy.deepcopy(user or {}))
 
 
+@contextmanager
+def root_logging_kept():
+    """Importing ray.llm (load_pd_app does, to validate each LLMConfig) reconfigures the
+    root logger: INFO level and a JSON formatter on its handlers. Keep the logging as it
+    was (the CLI's, or a worker's)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    state = [(h, h.formatter, list(h.filters)) for h in handlers]
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+        for h, formatter, filters in state:
+            h.setFormatter(formatter)
+            h.filters[:] = filters
+
+
 def _llm_config_class() -> Any:
-    # Importing ray.llm logs "Could not import torch/transformers" warnings: not ours to show.
+    # Importing ray.llm logs "Could not import torch/transformers" warnings (not ours to
+    # show) and reconfigures the root logger: keep the caller's logging as it was.
     quiet = logging.getLogger("ray.llm._internal.common.utils.import_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+        with root_logging_kept():
+            from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     finally:
         quiet.setLevel(level)
     return LLMConfig

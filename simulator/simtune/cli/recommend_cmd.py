@@ -59,11 +59,18 @@ def _progress():
     return update, bar
 
 
+def _split_slos(items: List[str]) -> List[str]:
+    """`--slo ttft_p99=10,tpot_p99=0.1` and repeated --slo alike."""
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()] or list(items)
+
+
 def recommend(
     trace: List[Path] = typer.Option(..., "--trace", help="Trace file (repeatable): CSV/Parquet with `timestamp`, or "
                                      "any format `simtune trace` reads. Every trace is searched on."),
-    slo: List[str] = typer.Option(..., "--slo", help="Latency SLO on successful requests, repeatable: p99=2.0, "
-                                  "p99.9=500ms, p50=0.2 (seconds unless ms)."),
+    slo: List[str] = typer.Option(..., "--slo", help="SLO on successful requests, repeatable or comma-separated: "
+                                  "latency p99=2.0, p99.9=500ms, p50=0.2; time to first token ttft_p99=10; time per "
+                                  "output token tpot_p99=100ms (seconds unless ms; TTFT/TPOT need an LLM or streaming "
+                                  "model, e.g. --pd-engine)."),
     config: Optional[Path] = typer.Option(None, "--config", help="The current Serve config, RayService manifest or "
                                           "deployment YAML; printed back with the tuned deployment replaced."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
@@ -73,7 +80,27 @@ def recommend(
                                             "--config with every tuned deployment replaced. Needs --config."),
     tune: Optional[List[str]] = typer.Option(None, "--tune", help="With --topology: the deployments to tune, "
                                              "comma-separated or repeated (default: every one with "
-                                             "autoscaling_config); the others keep their config."),
+                                             "autoscaling_config); the others keep their config. With --pd-engine: "
+                                             "roles prefill, decode, ingress or names (default: prefill,decode)."),
+    pd_engine: Optional[Path] = typer.Option(None, "--pd-engine", help="Tune a prefill/decode application "
+                                             "(ray.serve.llm:build_pd_openai_app in --config): the LLM engine model "
+                                             "YAML both legs run (kind: llm, e.g. traces/pd_engine.yaml). Needs "
+                                             "--kv-bytes-per-token and --kv-bandwidth-gbps. The output has each "
+                                             "leg's settings in args.<prefill|decode>_config.deployment_config."),
+    kv_bytes_per_token: Optional[float] = typer.Option(None, "--kv-bytes-per-token", help="With --pd-engine: KV "
+                                                       "cache bytes per prompt token (Llama-2-70B fp16: 327680)."),
+    kv_bandwidth_gbps: Optional[float] = typer.Option(None, "--kv-bandwidth-gbps", help="With --pd-engine: the "
+                                                      "prefill -> decode KV link, Gbit/s."),
+    kv_latency_s: Optional[float] = typer.Option(None, "--kv-latency-s", help="With --pd-engine: fixed cost per KV "
+                                                 "transfer, seconds (default 0)."),
+    compare_colocated: bool = typer.Option(False, "--compare-colocated", help="With --pd-engine: also simulate a "
+                                           "co-located (non-disaggregated) deployment of the same engine with as "
+                                           "many fixed replicas as fit in the recommendation's mean GPU use, and "
+                                           "report its TTFT/TPOT and SLO attainment beside it."),
+    time_window: Optional[str] = typer.Option(None, "--time-window", help="START:END seconds of every trace to use "
+                                              "(restarted at 0)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Thin (<1) or superpose (>1) every trace's "
+                                     "traffic before the search."),
     max_error_rate: float = typer.Option(0.001, "--max-error-rate", help="Highest share of requests rejected (503), "
                                          "timed out (408) or failed."),
     cost_per_replica_hour: Optional[float] = typer.Option(None, "--cost-per-replica-hour", help="Cost model; default: "
@@ -119,7 +146,10 @@ def recommend(
     """Search autoscaling_config for the lowest cost that meets the SLO; print it as Serve YAML.
 
     With --topology, search the autoscaling of an application's deployments jointly
-    (the SLOs are end to end, the cost is summed over all deployments)."""
+    (the SLOs are end to end, the cost is summed over all deployments). With --pd-engine,
+    tune the prefill and decode legs of a build_pd_openai_app application against
+    end-to-end latency/TTFT/TPOT SLOs (--compare-colocated: against a co-located
+    deployment at equal GPUs)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s",
                         stream=sys.stderr)
     import optuna
@@ -131,7 +161,7 @@ def recommend(
             from simtune.tuner import recommend as run_recommend
 
             opts = RecommendOptions(
-                traces=[str(t) for t in trace], slos=list(slo), config=str(config) if config else None,
+                traces=[str(t) for t in trace], slos=_split_slos(slo), config=str(config) if config else None,
                 deployment=deployment, topology=str(topology) if topology else None, tune=list(tune or []),
                 service_time=service_time, replica_startup_s=replica_startup_s,
                 service_model=str(service_model) if service_model else None,
@@ -140,7 +170,10 @@ def recommend(
                 space=str(space) if space else None, trials=trials, timeout_s=timeout, seed=seed,
                 sim_seeds=sim_seeds, headroom=list(headroom or []), holdout=holdout, storage=storage,
                 study_name=study_name, resume=resume, n_jobs=n_jobs, ray_address=ray_address,
-                batch_size=batch_size, report=str(report) if report else None)
+                batch_size=batch_size, report=str(report) if report else None, rate_scale=rate_scale,
+                time_window=time_window, pd_engine=str(pd_engine) if pd_engine else None,
+                kv_bytes_per_token=kv_bytes_per_token, kv_bandwidth_gbps=kv_bandwidth_gbps,
+                kv_latency_s=kv_latency_s, compare_colocated=compare_colocated)
             update, bar = _progress()
             if bar is not None:
                 with bar:

@@ -195,6 +195,29 @@ def _msched(t, r, si, ht, hv, status, M):
 # ----------------------------------------------------------------------------- common
 
 
+@nb.njit(cache=True, _nrt=False)
+def pow2_pick(cand, n, cap, ongoing):
+    """Power of two choices among the n candidate replica ids in cand (pow_2_router.py:
+    choose_replicas, then the lowest count below max_ongoing_requests): a replica, or -1."""
+    if n == 0:
+        return -1
+    if n == 1:
+        r = cand[0]
+        return r if ongoing[r] < cap else -1
+    i = np.random.randint(0, n)
+    j = np.random.randint(0, n - 1)
+    if j >= i:
+        j += 1
+    a = cand[i]
+    b = cand[j]
+    best = -1
+    if ongoing[a] < cap:
+        best = a
+    if ongoing[b] < cap and (best == -1 or ongoing[b] < ongoing[best]):
+        best = b
+    return best
+
+
 @nb.njit(cache=True, _nrt=False, inline="always")
 def release_slot(r, si, ongoing, sent):
     ongoing[r] -= 1

@@ -4,7 +4,8 @@ or for those of several deployments of a composed application (--topology), join
 Modules, in the order data flows:
   space      which fields are searched, over what (defaults, --space files)
   candidate  field values -> a deployment entry Ray accepts (or a pruned trial)
-  target     what is tuned: one deployment, or an application's deployments (one code path)
+  target     what is tuned: one deployment, or an application's deployments (one code path;
+             a prefill/decode application is one whose output goes into its LLMConfigs)
   problem    traces split by time, headroom scaling, simulating one candidate
   objective  cost, SLO and error-rate constraints, the worst case
   executor   inline / worker processes / Ray tasks
@@ -21,6 +22,14 @@ Modules, in the order data flows:
     # an application: Serve config + topology, its autoscaled deployments tuned jointly
     rec = recommend(RecommendOptions(traces=["prod.csv"], slos=["p99=2.0"], config="serve.yaml",
                                      topology="topology.yaml", tune=["Model"]))
+
+    # a prefill/decode application (build_pd_openai_app): TTFT/TPOT SLOs end to end, and
+    # the co-located deployment of the same engine at equal GPUs beside it
+    rec = recommend(RecommendOptions(traces=["mooncake.csv"], slos=["ttft_p99=20", "tpot_p99=0.1"],
+                                     config="pd_serve.yaml", pd_engine="pd_engine.yaml",
+                                     kv_bytes_per_token=327680, kv_bandwidth_gbps=400,
+                                     cost_per_gpu_hour=4.0, compare_colocated=True))
+    rec.colocated, rec.compare["recommended"]["holdout"]["ttft_p99"]
 """
 
 from simtune.tuner.run import Recommendation, RecommendOptions, recommend

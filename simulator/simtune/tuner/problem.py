@@ -109,15 +109,20 @@ def evaluate(problem: Problem, candidate: Any, part: str = "search", strict: boo
 # -- building the problem ------------------------------------------------------------------
 
 
-def load_traces(paths: Sequence[str | Path]) -> list[Trace]:
-    """Load each --trace (any format `simtune.trace` reads) and give them unique names."""
+def load_traces(paths: Sequence[str | Path], *, rate_scale: float = 1.0, start: Optional[float] = None,
+                end: Optional[float] = None, seed: int = 0) -> list[Trace]:
+    """Load each --trace (any format `simtune.trace` reads) and give them unique names;
+    `start`/`end` keep a window of each (restarted at 0), `rate_scale` thins (<1) or
+    superposes (>1) its traffic, seeded by `seed` (simtune.trace.io.load_trace)."""
     if not paths:
         raise InputError("give at least one --trace")
     traces, seen = [], set()
     for path in paths:
-        tr = load_trace(path)
+        tr = load_trace(path, rate_scale=rate_scale, start=start, end=end, seed=seed)
         if len(tr) == 0:
-            raise InputError(f"{path}: no requests")
+            window = f" in --time-window {start if start is not None else ''}:{end if end is not None else ''}" \
+                if start is not None or end is not None else ""
+            raise InputError(f"{path}: no requests{window}")
         name = Path(path).stem
         base, i = name, 2
         while name in seen:

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from simtune.tuner.output import deployments_table, dump, metrics_table
+from simtune.tuner.output import deployments_table, dump, equal_cost_table, metrics_table
 from simtune.tuner.study import CANDIDATE, METRICS, PRUNED_REASON, SLOT, trial_entry, trial_metrics
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,15 @@ def timelines(out: Path, setup, entries: dict) -> list[str]:
             title = f"{where}: {results[0][0]} (blue)"
             if sc.t0 > 0:
                 title += f"; holdout from {sc.t0:.0f} s"
-            plot_timeline(results[0][1][dep], out / name, slo_latency_s=setup.objective.primary.bound_s,
+            plot_timeline(results[0][1][dep], out / name, slo_latency_s=_latency_bound(setup.objective),
                           others=[(label, views[dep]) for label, views in results[1:]], title=title)
             written.append(name)
     return written
+
+
+def _latency_bound(objective) -> Optional[float]:
+    """The first latency SLO's bound (drawn on the latency panel); None without one."""
+    return next((s.bound_s for s in objective.slos if s.metric == "latency"), None)
 
 
 def _safe(name: str) -> str:
@@ -160,7 +165,8 @@ def write_report(out: Path, setup, study, trials: Sequence[FrozenTrial], best: O
         (out / "recommendation.yaml").write_text(rec.text)
     if setup.opts.pareto and front:
         (out / "pareto.yaml").write_text(dump([_pareto_row(setup.target, t) for t in front]))
-    (out / "summary.md").write_text(_markdown(setup, study, trials, best, front, compare, pngs, failure))
+    colocated = getattr(rec, "colocated", None)
+    (out / "summary.md").write_text(_markdown(setup, study, trials, best, front, compare, pngs, failure, colocated))
     return out
 
 
@@ -173,21 +179,32 @@ def _pareto_row(target, t: FrozenTrial) -> dict:
             "deployments": list(target.entries(trial_entry(t)).values())}
 
 
-def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failure: Optional[str]) -> str:
+def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failure: Optional[str],
+              colocated: Optional[dict] = None) -> str:
     o, obj, prob, target = setup.opts, setup.objective, setup.problem, setup.target
     p = obj.primary.name
     app = target.kind != "deployment"
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     lines = [f"# simtune recommend: {target.title()}", ""]
-    if app:
+    pd = getattr(target, "pd", None)
+    if pd is not None:
+        lines += [f"- Application: {target.describe()}; Serve config `{o.config}` (ray.serve.llm:build_pd_openai_app: "
+                  f"{pd.roles['ingress']} -> {pd.roles['decode']} -> {pd.roles['prefill']}); engine `{pd.engine}` "
+                  f"({pd.engine_describe}); KV transfer {pd.kv_latency_s:g} s + {pd.kv_bytes_per_token:,.0f} B/token "
+                  f"at {pd.kv_bandwidth_gbps:g} Gbit/s. SLOs (latency, TTFT, TPOT) are end to end, cost is summed "
+                  "over every deployment; parameters are named DEPLOYMENT.FIELD; the recommended settings are "
+                  "written into each leg's `args.<prefill|decode>_config.deployment_config`."]
+    elif app:
         lines += [f"- Application: {target.describe()}; topology `{o.topology}` (ingress "
                   f"{target.app.topology.ingress}); SLOs are end to end, cost is summed over every deployment; "
                   f"parameters are named DEPLOYMENT.FIELD."]
     lines += [f"- Goal: least cost ({obj.cost.unit}) subject to {obj.describe()}, worst case over "
               f"traces x simulator seeds {list(prob.sim_seeds)} x traffic multipliers "
               f"{sorted({sc.headroom for sc in prob.search})}.",
-              f"- Traces: {', '.join(sorted(setup.inputs['traces']))}; holdout: last {o.holdout:.0%} of each, "
-              "not simulated during the search.",
+              f"- Traces: {', '.join(sorted(setup.inputs['traces']))}"
+              + (f" (window {o.time_window} s)" if o.time_window else "")
+              + (f" (traffic x{o.rate_scale:g})" if o.rate_scale != 1.0 else "")
+              + f"; holdout: last {o.holdout:.0%} of each, not simulated during the search.",
               f"- Search: {len(trials)} trials ({states[TrialState.COMPLETE]} simulated, "
               f"{states[TrialState.PRUNED]} pruned as invalid by Ray, {states[TrialState.FAIL]} failed); "
               f"seed {o.seed}; study `{study.study_name}` in `{setup.storage_desc}`.", ""]
@@ -196,11 +213,27 @@ def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failu
     cols = [(label, {"search": compare[label].get("search"), "holdout": compare[label].get("holdout")})
             for label in compare]
     lines += ["## Predicted metrics (worst case)", "", "```", *metrics_table(cols, obj, obj.cost.unit), "```", ""]
+    if colocated is not None:
+        part = colocated["part"]
+        lines += ["## Prefill/decode vs co-located at equal cost", "",
+                  f"The co-located baseline `{colocated['label']}` is `simtune.app.pd.colocated_app` on the same "
+                  f"Serve config: {colocated['ingress']} -> {colocated['deployment']}, one deployment running the "
+                  f"decode leg's LLMConfig (prefill and decode on the same engine), with num_replicas "
+                  f"{colocated['replicas']} fixed x {colocated['gpus_per_replica']:g} GPUs = {colocated['gpus']:g} "
+                  f"GPUs: the most whole replicas within the recommendation's mean GPU use on the {part} "
+                  f"({colocated['reference_gpus']:.2f})" + ("" if colocated["within"] else
+                                                              " (one replica already exceeds it)")
+                  + f". Same traffic, simulator seeds and multipliers; worst case on the {part}.", "",
+                  *equal_cost_table([(label, compare[label].get(part)) for label in compare], obj, markdown=True),
+                  ""]
     if app:
-        cands = {label: trial_entry(best) if label == "recommended" else setup.labels[label] for label in compare}
+        cands = {label: trial_entry(best) if label == "recommended" else setup.labels[label] for label in compare
+                 if label in setup.labels or (label == "recommended" and best is not None)}
+        own = [c for c in cols if c[0] in cands]
         lines += ["## Per deployment", "", "Cost: each trace's costliest scenario, summed over traces; latency: of "
                   "the calls the deployment receives (its own work plus the calls it awaits), worst scenario.", "",
-                  "```", *deployments_table(cols, target.settings(cands), target.tuned, obj, obj.cost.unit),
+                  "```", *deployments_table(own, target.settings(cands), target.tuned, obj, obj.cost.unit,
+                                            target.roles()),
                   "```", ""]
     if prob.holdout:
         lines += ["## Holdout, per trace (worst over seeds and multipliers)", "",
@@ -215,7 +248,11 @@ def _markdown(setup, study, trials, best, front, compare, pngs: list[str], failu
                 lines.append(f"| {name} | {label} | {w['cost']:,.1f} | {w[p]:.3f} | {w['error_rate']:.4f} | "
                              f"{100 * w[f'attainment_{p}']:.2f}% |")
         lines.append("")
-    if best is not None and app:
+    if best is not None and pd is not None:
+        writes = {n: {"role": role, **updates} for n, (role, updates) in target.writes(trial_entry(best)).items()}
+        lines += ["## Recommended settings (written into each leg's LLMConfig deployment_config; see "
+                  "recommendation.yaml)", "", "```yaml", dump(writes).rstrip(), "```", ""]
+    elif best is not None and app:
         lines += ["## Recommended deployment entries (tuned deployments)", "", "```yaml",
                   dump(list(target.entries(trial_entry(best)).values())).rstrip(), "```", ""]
     elif best is not None:

@@ -11,6 +11,17 @@ With --topology the same steps tune deployments of a composed application jointl
 (simtune.tuner.target.AppTarget): every simulation is of the whole application, the
 SLOs are end to end, the cost is summed over all its deployments, and the printed YAML
 is the user's config with every tuned deployment replaced.
+
+With --pd-engine the application is a prefill/decode one (ray.serve.llm:
+build_pd_openai_app, loaded by simtune.app.pd.load_pd_app; simtune.tuner.target.PDTarget):
+its trace transform (KV transfer time per request) is applied to every trace, search
+and holdout alike; the prefill and decode deployments are tuned (the ingress too if
+named in --tune); TTFT/TPOT SLOs are end to end; the printed YAML has each leg's
+settings in its LLMConfig's deployment_config. --compare-colocated then simulates the
+non-disaggregated baseline (simtune.app.pd.colocated_app: one LLMServer deployment of
+the decode leg's engine) with the largest fixed replica count whose GPUs do not exceed
+the recommendation's mean GPU use, on the same traffic, and reports it beside the
+recommendation.
 """
 
 from __future__ import annotations
@@ -30,13 +41,14 @@ from simtune.serve_config import DeploymentSpec, deployment_from_mapping, load_d
 from simtune.tuner.candidate import Base, default_entry, effective_values, to_spec
 from simtune.tuner.executor import Job, make_executor
 from simtune.tuner.objective import CostModel, Objective, parse_slo
-from simtune.tuner.output import deployments_table, header, metrics_table, render_entries, verify_entries
+from simtune.tuner.output import deployments_table, equal_cost_table, header, metrics_table
 from simtune.tuner.problem import (Problem, app_traffic_stats, build_scenarios, file_digest, load_traces,
                                    slot_time_probe, traffic_stats)
 from simtune.tuner.space import CONCURRENCY_AWARE, apply_app_space_file, apply_space_file, default_space
 from simtune.tuner.study import (METRICS, SLOT, Search, SearchSettings, open_storage, open_study,
                                  trial_entry, trial_metrics)
-from simtune.tuner.target import AppTarget, DeploymentTarget
+from simtune.app.pd import root_logging_kept
+from simtune.tuner.target import AppTarget, DeploymentTarget, FixedAppTarget, PDSource, PDTarget
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +85,14 @@ class RecommendOptions:
     ray_address: Optional[str] = None
     batch_size: int = 8
     report: Optional[str] = None
+    rate_scale: float = 1.0  # thin (<1) or superpose (>1) every trace's traffic
+    time_window: Optional[str] = None  # START:END seconds of every trace
+    # a prefill/decode application (build_pd_openai_app): the engine model and the KV link
+    pd_engine: Optional[str] = None
+    kv_bytes_per_token: Optional[float] = None
+    kv_bandwidth_gbps: Optional[float] = None
+    kv_latency_s: Optional[float] = None
+    compare_colocated: bool = False
 
 
 @dataclass
@@ -87,6 +107,10 @@ class Recommendation:
     study_name: str
     storage: str
     inputs: dict = field(default_factory=dict)
+    # --compare-colocated: the baseline's label (its metrics are compare[label]), replicas, gpus_per_replica,
+    # gpus, reference_gpus (the recommendation's mean GPU use on `part`), part, within (gpus <= reference_gpus),
+    # deployment, ingress, config, engine
+    colocated: Optional[dict] = None
 
 
 @dataclass
@@ -130,6 +154,50 @@ def _check_options(o: RecommendOptions) -> None:
         v = getattr(o, name)
         if v is not None and not (v >= 0 and math.isfinite(v)):
             raise InputError(f"--{name.replace('_', '-')} {v!r}: must be >= 0")
+    if not (isinstance(o.rate_scale, (int, float)) and o.rate_scale > 0 and math.isfinite(o.rate_scale)):
+        raise InputError(f"--rate-scale {o.rate_scale!r}: must be a positive traffic multiplier, e.g. 0.5")
+    _check_pd_options(o)
+
+
+_KV_FLAGS = (("kv_bytes_per_token", "--kv-bytes-per-token", "KV cache bytes per prompt token, e.g. 327680 for "
+              "Llama-2-70B fp16"),
+             ("kv_bandwidth_gbps", "--kv-bandwidth-gbps", "the prefill -> decode link in Gbit/s, e.g. 400"))
+
+
+def _check_pd_options(o: RecommendOptions) -> None:
+    """The prefill/decode flags: all or nothing, and not with the other application modes."""
+    given = [flag for attr, flag in (("kv_bytes_per_token", "--kv-bytes-per-token"),
+                                     ("kv_bandwidth_gbps", "--kv-bandwidth-gbps"), ("kv_latency_s", "--kv-latency-s"))
+             if getattr(o, attr) is not None]
+    if not o.pd_engine:
+        if given:
+            raise InputError(f"{given[0]} needs --pd-engine (the LLM engine model of a prefill/decode application)")
+        if o.compare_colocated:
+            raise InputError("--compare-colocated needs --pd-engine (it compares a prefill/decode recommendation "
+                             "with a co-located deployment of the same engine)")
+        return
+    for attr, flag, what in _KV_FLAGS:
+        if getattr(o, attr) is None:
+            raise InputError(f"--pd-engine needs {flag} ({what})")
+    for attr, flag, what in (*_KV_FLAGS, ("kv_latency_s", "--kv-latency-s", "")):
+        v = getattr(o, attr)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                v == 0 and attr != "kv_latency_s"):
+            raise InputError(f"{flag} {v!r}: must be {'>= 0' if attr == 'kv_latency_s' else '> 0'}")
+    if o.topology:
+        raise InputError("--pd-engine cannot be combined with --topology: a prefill/decode application's topology "
+                         "comes from its build_pd_openai_app config (OpenAiIngress -> Decode -> Prefill)")
+    if o.service_time or o.service_model:
+        flag = "--service-time" if o.service_time else "--service-model"
+        raise InputError(f"{flag} cannot be combined with --pd-engine: both legs run the --pd-engine model")
+    if o.deployment:
+        raise InputError("--deployment cannot be combined with --pd-engine; choose the deployments to tune with "
+                         "--tune prefill,decode[,ingress]")
+    if not o.config:
+        raise InputError("--pd-engine needs --config: the Serve config (or RayService) with the "
+                         "ray.serve.llm:build_pd_openai_app application")
 
 
 def load_setup(o: RecommendOptions) -> Setup:
@@ -141,8 +209,14 @@ def load_setup(o: RecommendOptions) -> Setup:
     objective_slos = tuple(parse_slo(s) for s in o.slos)
     names = [s.name for s in objective_slos]
     if len(set(names)) != len(names):
-        raise InputError(f"--slo: percentile given twice ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))})")
-    if o.topology:
+        raise InputError(f"--slo: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))} given twice")
+    if o.pd_engine:
+        target = _pd_target(o)
+        num_gpus = 0.0
+        if o.cost_per_gpu_hour is not None and not any(s.num_gpus for s in target.specs.values()):
+            raise InputError("--cost-per-gpu-hour: no deployment of the application holds GPUs (set the engine's "
+                             "tensor_parallel_size / accelerator, or use --cost-per-replica-hour)")
+    elif o.topology:
         target = _app_target(o)
         num_gpus = 0.0  # an application's deployments are costed at their own num_gpus
         if o.cost_per_gpu_hour is not None and not any(s.num_gpus for s in target.specs.values()):
@@ -150,7 +224,8 @@ def load_setup(o: RecommendOptions) -> Setup:
                              "(give it in --config, or use --cost-per-replica-hour)")
     else:
         if o.tune:
-            raise InputError("--tune needs --topology (without it the one deployment of --config is tuned)")
+            raise InputError("--tune needs --topology or --pd-engine (without them the one deployment of --config "
+                             "is tuned)")
         if o.config:
             spec = load_deployment(o.config, o.deployment)
         else:
@@ -172,8 +247,20 @@ def load_setup(o: RecommendOptions) -> Setup:
         from simtune.service_models import load_service_model
 
         model = load_service_model(o.service_model)
+    streaming = [s for s in objective_slos if s.metric != "latency"]
+    if streaming and not target.streams(model):
+        where = ("the application's end-to-end results have none: its topology must stream from a deployment "
+                 "(streams_from) with an LLM or streaming service model" if isinstance(target, AppTarget) else
+                 "it needs a --service-model of kind llm or streaming")
+        raise InputError(f"--slo {streaming[0].name}={streaming[0].bound_s:g}: {streaming[0].metric.upper()} is "
+                         f"measured on streamed replies; {where}")
 
-    traces = load_traces(o.traces)
+    from simtune.api import parse_window
+
+    start, end = parse_window(o.time_window)
+    traces = load_traces(o.traces, rate_scale=float(o.rate_scale), start=start, end=end, seed=o.seed)
+    if isinstance(target, PDTarget):
+        traces = [target.pd.transform(tr) for tr in traces]
     headrooms = tuple(sorted({1.0, *(float(h) for h in o.headroom)}))
     search, hold = build_scenarios(traces, o.holdout, headrooms, o.seed)
     problem = Problem(target=target, objective=objective, service_time=o.service_time, params=params.to_dict(),
@@ -187,9 +274,12 @@ def load_setup(o: RecommendOptions) -> Setup:
         for n in target.names:
             sp = target.specs[n]
             mi = float(sp.autoscaling.metrics_interval_s) if sp.autoscaling is not None else 10.0
-            spaces[n] = default_space(stats[n], currents[n], sp.max_ongoing_requests, mi,
-                                      concurrency_aware=getattr(target.app.models.get(n), "kind", "fixed")
-                                      in CONCURRENCY_AWARE)
+            aware = getattr(target.app.models.get(n), "kind", "fixed") in CONCURRENCY_AWARE
+            # a prefill/decode leg's LLM replica serves ~target_ongoing_requests at once
+            slots = float(currents[n]["target_ongoing_requests"] or 1.0) if aware and isinstance(
+                target, PDTarget) else 1.0
+            spaces[n] = default_space(stats[n], currents[n], sp.max_ongoing_requests, mi, concurrency_aware=aware,
+                                      slots_per_replica=slots)
         if o.space:
             spaces = apply_app_space_file(spaces, o.space, target.app.names)
         target.spaces = spaces
@@ -206,6 +296,8 @@ def load_setup(o: RecommendOptions) -> Setup:
         raise InputError(f"{o.space}: every field is fixed or excluded; nothing to search")
     inputs = {
         "traces": {tr.name: file_digest(p) for tr, p in zip(traces, o.traces)},
+        **({"trace_window": [start, end]} if o.time_window else {}),
+        **({"rate_scale": float(o.rate_scale)} if o.rate_scale != 1.0 else {}),
         **_target_inputs(o, target, model),
         "params": params.to_dict(),
         "slos": [str(s) for s in objective_slos],
@@ -230,7 +322,10 @@ def load_setup(o: RecommendOptions) -> Setup:
     seeds.append(target.project({n: effective_values(to_spec(bases[n], dflt[n], strict=False))
                                  for n in target.names}))
     seeds = [p for i, p in enumerate(seeds) if p not in seeds[:i]]
-    labels = {"ray-defaults": target.from_entries(dflt)}
+    labels = {} if isinstance(target, PDTarget) else {"ray-defaults": target.from_entries(dflt)}
+    if isinstance(target, PDTarget):
+        # Ray's LLM defaults (target_ongoing_requests 1e9) never scale: no "ray-defaults" seed or baseline
+        seeds = seeds[:1]
     if o.config:
         labels = {"current": target.from_entries({n: bases[n].entry for n in target.names}), **labels}
     storage_desc = o.storage or str(_default_db(o))
@@ -249,6 +344,18 @@ def _target_inputs(o: RecommendOptions, target, model) -> dict:
                               if model is not None else None),
         }
     app = target.app
+    if isinstance(target, PDTarget):
+        pd = target.pd
+        return {
+            "application": app.app_name,
+            "tuned": list(target.tuned),
+            "entries": {n: app.specs[n].deployment_options for n in app.names},
+            "request_timeout_s": target.spec.request_timeout_s,
+            "prefill_decode": {"config": file_digest(pd.config), "engine": file_digest(pd.engine),
+                               "engine_model": pd.engine_describe, "roles": pd.roles, **pd.kv,
+                               "service_models": {n: m.describe() for n, m in sorted(app.models.items())
+                                                  if m is not None}},
+        }
     return {
         "application": app.app_name,
         "tuned": list(target.tuned),
@@ -293,6 +400,35 @@ def _app_target(o: RecommendOptions) -> AppTarget:
                              f"(or num_replicas: auto); name the ones to tune with --tune (deployments: "
                              f"{', '.join(names)})")
     return AppTarget(app, tuned, {n: Base.from_spec(app.specs[n]) for n in tuned})
+
+
+def _pd_target(o: RecommendOptions) -> PDTarget:
+    """The prefill/decode application of --config + --pd-engine and the deployments tuned:
+    prefill and decode by default; --tune takes roles (prefill, decode, ingress) or names."""
+    from simtune.app.pd import load_pd_app, pd_roles
+    from simtune.service_models import load_service_model
+
+    kv = {"kv_bytes_per_token": float(o.kv_bytes_per_token), "kv_bandwidth_gbps": float(o.kv_bandwidth_gbps),
+          "kv_latency_s": float(o.kv_latency_s or 0.0)}
+    with root_logging_kept():
+        app, transform = load_pd_app(o.config, o.pd_engine, **kv)
+    roles = pd_roles(app)
+    by_role = {**{n: n for n in app.names}, **roles}
+    if o.tune:
+        wanted = [t.strip() for item in o.tune for t in str(item).split(",") if t.strip()]
+        if not wanted:
+            raise InputError("--tune: give roles or deployment names, e.g. --tune prefill,decode,ingress")
+        unknown = [t for t in wanted if t not in by_role]
+        if unknown:
+            raise InputError(f"--tune {unknown[0]!r}: not a role (prefill, decode, ingress) or deployment of "
+                             f"application {app.app_name!r} (deployments: {', '.join(app.names)})")
+        chosen = {by_role[t] for t in wanted}
+        tuned = [n for n in app.names if n in chosen]
+    else:
+        tuned = [n for n in app.names if n in (roles["prefill"], roles["decode"])]
+    source = PDSource(config=str(o.config), engine=str(o.pd_engine), roles=roles, transform=transform,
+                      application=app.app_name, engine_describe=load_service_model(o.pd_engine).describe(), **kv)
+    return PDTarget(app, tuned, {n: Base.from_spec(app.specs[n]) for n in tuned}, pd=source)
 
 
 def _default_db(o: RecommendOptions) -> Path:
@@ -383,6 +519,12 @@ def recommend(opts: RecommendOptions, progress: Optional[Callable[[int, int, Opt
         compare = _compare(executor, setup, entries, best)
     finally:
         executor.close()
+    colocated = None
+    if o.compare_colocated and best is not None:
+        got = compare_colocated(setup, compare)
+        if got is not None:
+            label, metrics, colocated = got
+            compare[label] = metrics
     if best is None:
         msg = infeasible_message(trials, setup.objective, setup)
         if o.report:
@@ -391,9 +533,10 @@ def recommend(opts: RecommendOptions, progress: Optional[Callable[[int, int, Opt
             write_report(Path(o.report), setup, study, trials, None, front, compare, None, msg)
         raise InfeasibleError(msg)
     entry = trial_entry(best)
-    text = build_text(setup, trials, best, front, compare, entry, study.study_name)
+    text = build_text(setup, trials, best, front, compare, entry, study.study_name, colocated)
     rec = Recommendation(text=text, entry=entry, best=best, trials=trials, front=front, compare=compare,
-                         study_name=study.study_name, storage=setup.storage_desc, inputs=setup.inputs)
+                         study_name=study.study_name, storage=setup.storage_desc, inputs=setup.inputs,
+                         colocated=colocated)
     if o.report:
         from simtune.tuner.report import write_report
 
@@ -426,17 +569,15 @@ def _compare(executor, setup: Setup, entries: dict[str, Any], best: Optional[Fro
 
 
 def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, front: Sequence[FrozenTrial],
-               compare: dict, entry: Any, study_name: str) -> str:
+               compare: dict, entry: Any, study_name: str, colocated: Optional[dict] = None) -> str:
     """The printed YAML: evidence header, then the document."""
     import ray
 
     import simtune
 
     o, obj, prob, target = setup.opts, setup.objective, setup.problem, setup.target
-    tuned = target.entries(entry)
-    body, _doc = render_entries(target.spec, tuned)
-    kept = ({n: target.specs[n].deployment_options for n in target.kept} if isinstance(target, AppTarget) else None)
-    verify_entries(body, target.spec, {n: (target.bases[n], e) for n, e in tuned.items()}, kept)
+    body, _doc = target.render(entry)
+    target.verify(body, entry)
     n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
     n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
     n_failed = sum(t.state == TrialState.FAIL for t in trials)
@@ -452,14 +593,32 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
     cols = [(label, {"search": compare[label].get("search"), "holdout": compare[label].get("holdout")})
             for label in compare]
     app = isinstance(target, AppTarget)
+    pd = isinstance(target, PDTarget)
+    if pd:
+        roles = target.pd.roles
+        where = [f"  the prefill/decode application of {o.config} (ray.serve.llm:build_pd_openai_app: "
+                 f"{roles['ingress']} -> {roles['decode']} -> {roles['prefill']}), engine {o.pd_engine} "
+                 f"({target.pd.engine_describe}),",
+                 f"  KV transfer {target.pd.kv_latency_s:g} s + {target.pd.kv_bytes_per_token:,.0f} B/token at "
+                 f"{target.pd.kv_bandwidth_gbps:g} Gbit/s: latency, TTFT and TPOT end to end, cost summed over its "
+                 "deployments;"]
+    elif app:
+        where = [f"  the application of {o.topology} (ingress {target.app.topology.ingress}, deployments "
+                 f"{', '.join(target.app.names)}): latency end to end, cost summed over its deployments;"]
+    else:
+        where = []
+    window = ""
+    if o.time_window or o.rate_scale != 1.0:
+        window = (f" [{'window ' + o.time_window + ' s' if o.time_window else ''}"
+                  f"{', ' if o.time_window and o.rate_scale != 1.0 else ''}"
+                  f"{f'traffic x{o.rate_scale:g}' if o.rate_scale != 1.0 else ''}]")
     lines = [
         f"simtune {simtune.__version__} recommend (Ray {ray.__version__}): {target.describe()}, "
         f"trial {best.user_attrs[SLOT]} of study {study_name}",
         f"goal: least cost ({obj.cost.unit}) subject to {obj.describe()}, worst case over",
         *([f"  service model {prob.service_model.describe()};"] if prob.service_model is not None else []),
-        *([f"  the application of {o.topology} (ingress {target.app.topology.ingress}, deployments "
-           f"{', '.join(target.app.names)}): latency end to end, cost summed over its deployments;"] if app else []),
-        f"  traces {', '.join(spans)};",
+        *where,
+        f"  traces {', '.join(spans)}{window};",
         f"  simulator seeds {', '.join(map(str, prob.sim_seeds))}; traffic x{', x'.join(f'{h:g}' for h in headrooms)}"
         + (f"; holdout = last {o.holdout:.0%} of each trace, never seen by the search" if prob.holdout
            else "; no holdout"),
@@ -473,8 +632,21 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
     if app:
         lines.append("per deployment (cost: each trace's costliest scenario, summed; latency of the calls it "
                      "receives: the worst scenario):")
-        lines += ["  " + line for line in deployments_table(cols, target.settings(_candidates(setup, compare, entry)),
-                                                             target.tuned, obj, obj.cost.unit)]
+        own = [c for c in cols if c[0] == "recommended" or c[0] in setup.labels]
+        lines += ["  " + line for line in deployments_table(own, target.settings(_candidates(setup, compare, entry)),
+                                                             target.tuned, obj, obj.cost.unit, target.roles())]
+    if colocated is not None:
+        part = colocated["part"]
+        lines += [f"co-located baseline (--compare-colocated): {colocated['label']} = simtune.app.pd.colocated_app: "
+                  f"{colocated['ingress']} -> {colocated['deployment']}, the decode leg's LLMConfig running prefill "
+                  f"and decode on one engine,",
+                  f"  num_replicas {colocated['replicas']} fixed x {colocated['gpus_per_replica']:g} GPUs = "
+                  f"{colocated['gpus']:g} GPUs: the most whole replicas within the recommendation's mean GPU use "
+                  f"on the {part} ({colocated['reference_gpus']:.2f})"
+                  + ("" if colocated["within"] else " (one replica already exceeds it)") + ";",
+                  f"at equal cost, {part} (worst case over seeds and multipliers):"]
+        lines += ["  " + line for line in equal_cost_table(
+            [(label, compare[label].get(part)) for label in compare], obj)]
     if o.pareto and front:
         p = obj.primary.name
         lines.append(f"Pareto front, cost vs {p} (trials meeting the error-rate cap):")
@@ -489,4 +661,45 @@ def build_text(setup: Setup, trials: Sequence[FrozenTrial], best: FrozenTrial, f
 
 
 def _candidates(setup: Setup, compare: dict, best_entry: Any) -> dict[str, Any]:
-    return {label: best_entry if label == "recommended" else setup.labels[label] for label in compare}
+    """label -> candidate for the compared configs of the target (not the co-located baseline)."""
+    return {label: best_entry if label == "recommended" else setup.labels[label] for label in compare
+            if label == "recommended" or label in setup.labels}
+
+
+# -- the co-located baseline (--compare-colocated) -------------------------------------------
+
+
+def compare_colocated(setup: Setup, compare: dict) -> Optional[tuple[str, dict, dict]]:
+    """(label, {part: worst case, part_runs: runs}, info) of the non-disaggregated
+    baseline at equal cost: simtune.app.pd.colocated_app with the largest fixed
+    num_replicas whose GPUs do not exceed the recommendation's mean GPU use on the
+    holdout (the search part without one), simulated on the same scenarios and seeds."""
+    import dataclasses
+
+    from simtune.app.pd import colocated_app
+    from simtune.tuner.problem import evaluate
+
+    o, prob = setup.opts, setup.problem
+    part = "holdout" if prob.holdout else "search"
+    rec = compare.get("recommended", {}).get(part)
+    if rec is None:
+        log.warning("--compare-colocated: the recommendation has no %s metrics; no co-located baseline", part)
+        return None
+    probe = colocated_app(o.config, o.pd_engine, deployment_config={"num_replicas": 1})
+    name = probe.topology.streams_from
+    per = probe.specs[name].num_gpus or 1.0
+    reference = float(rec.get("mean_gpus") or 0.0)
+    n = int(math.floor(reference / per + 1e-9))
+    within = n >= 1
+    n = max(n, 1)
+    app = colocated_app(o.config, o.pd_engine, deployment_config={"num_replicas": n})
+    fixed = dataclasses.replace(prob, target=FixedAppTarget(app), _cache={})
+    out: dict[str, Any] = {}
+    for p in ("search", "holdout") if prob.holdout else ("search",):
+        r = evaluate(fixed, None, p, strict=False)
+        out[p], out[f"{p}_runs"] = r["worst"], r["runs"]
+    label = f"co-located x{n}"
+    info = {"label": label, "replicas": n, "gpus_per_replica": per, "gpus": n * per, "reference_gpus": reference,
+            "part": part, "within": within, "deployment": name, "ingress": app.topology.ingress,
+            "config": str(o.config), "engine": str(o.pd_engine)}
+    return label, out, info

@@ -278,12 +278,16 @@ class TrafficStats:
 
 
 def default_space(stats: TrafficStats, current: dict[str, Any], max_ongoing_requests: int,
-                  metrics_interval_s: float, concurrency_aware: bool = False) -> SearchSpace:
+                  metrics_interval_s: float, concurrency_aware: bool = False,
+                  slots_per_replica: float = 1.0) -> SearchSpace:
     """Ranges that make sense for this traffic; `current` holds the user's effective
     field values (Ray defaults where they set nothing) and is always inside.
     `concurrency_aware`: the service model prices concurrency, so max_ongoing_requests
-    is searched too (from a quarter to 4x the current value)."""
-    busy = max(stats.busy_slots, 0.0)
+    is searched too (from a quarter to 4x the current value). `slots_per_replica`: how
+    many busy slots one replica absorbs (1: one request per replica; a prefill/decode
+    leg's LLM replica runs about its target_ongoing_requests at once), dividing the
+    replica ranges' scale."""
+    busy = max(stats.busy_slots, 0.0) / max(float(slots_per_replica), 1.0)
     mor_dim = Dim("max_ongoing_requests", "exclude")
     if concurrency_aware:
         mor_dim = Dim("max_ongoing_requests", "int", max(1, max_ongoing_requests // 4),

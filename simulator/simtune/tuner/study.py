@@ -9,7 +9,10 @@ gone, so neither `--n-jobs` nor `--resume` would give the same answer twice. Her
   k))` that sees exactly the finished slots of the earlier batches, in slot order (an
   in-memory copy of them: the "mirror" study). Simulations are deterministic given the
   config and seed. So every slot's parameters and results are a function of (inputs,
-  seed, k), whoever computes it, in whatever order, on however many processes.
+  seed, k), whoever computes it, in whatever order, on however many processes. (A target
+  with `proposal_attempts` > 1, a prefill/decode application, has a proposal that Ray
+  rejects drawn again by `TPESampler(seed=f(seed, k, attempt))`, up to that many times,
+  before the slot is recorded as pruned.)
 * A slot is written to the storage only when it has finished, as one complete trial
   (`study.add_trial`: params, values, constraints and metrics in one transaction).
   A killed run leaves only whole trials behind; `--resume` recomputes the missing
@@ -243,15 +246,17 @@ class Search:
         mirror.add_trials(view)
         return mirror
 
-    def _propose(self, mirror: optuna.Study, k: int) -> tuple[dict, dict]:
+    def _propose(self, mirror: optuna.Study, k: int, attempt: int = 0) -> tuple[dict, dict]:
         if k < len(self.seed_params):
             fixed = optuna.trial.FixedTrial(self.seed_params[k])
             params = self.target.suggest(fixed)
             return params, dict(fixed.distributions)
+        seed = slot_seed(self.s.seed, k) if attempt == 0 else int(
+            np.random.SeedSequence([self.s.seed, k, attempt]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True
             mirror.sampler = optuna.samplers.TPESampler(
-                seed=slot_seed(self.s.seed, k), multivariate=True, group=True, constant_liar=False,
+                seed=seed, multivariate=True, group=True, constant_liar=False,
                 n_startup_trials=self.s.n_startup_trials)
         trial = mirror.ask()
         params = self.target.suggest(trial)
@@ -327,14 +332,23 @@ class Search:
 
     def _run_batch(self, slots: list[int], mirror: optuna.Study) -> None:
         jobs, proposals = [], {}
+        # A target may ask for proposals that Ray rejects to be drawn again (a fresh,
+        # seeded sampler per attempt, so the answer stays a function of the inputs):
+        # with several deployments tuned at once, most random combinations of their
+        # independent ranges hold one invalid pair (min_replicas > max_replicas, ...).
+        attempts = max(1, int(getattr(self.target, "proposal_attempts", 1)))
         for k in slots:
-            params, dists = self._propose(mirror, k)
-            entry = self.target.candidate(params)
-            proposals[k] = (params, dists, entry)
-            try:
-                spec = self.target.validate(entry)
-            except InvalidCandidate as exc:
-                self._record(k, params, dists, TrialState.PRUNED, entry=entry, reason=str(exc))
+            for attempt in range(attempts if k >= len(self.seed_params) else 1):
+                params, dists = self._propose(mirror, k, attempt)
+                entry = self.target.candidate(params)
+                proposals[k] = (params, dists, entry)
+                try:
+                    spec = self.target.validate(entry)
+                    break
+                except InvalidCandidate as exc:
+                    reason = str(exc)
+            else:
+                self._record(k, params, dists, TrialState.PRUNED, entry=entry, reason=reason)
                 self._report(result=None)
                 continue
             jobs.append(Job(k, entry, spec=spec))
