@@ -110,7 +110,7 @@ def test_break_point_bisection():
 def test_option_parsing():
     assert parse_plan_slo("p99=5").bound_s == 5 and parse_plan_slo("p99.9=800ms").bound_s == 0.8
     assert parse_plan_slo("p95=2").target == 0.95
-    for bad in ("99=5", "p100=1", "p99=-1", "p99=abc"):
+    for bad in ("99=5", "p100=1", "p99=-1", "p99=abc", "ttft_p99=1"):
         with pytest.raises(InputError, match="--slo"):
             parse_plan_slo(bad)
     assert parse_multipliers("2, 1,1.5") == [1.0, 1.5, 2.0]

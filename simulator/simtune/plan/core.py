@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -58,26 +57,15 @@ class PlanSlo:
         return f"p{self.percentile:g} <= {self.bound_s:g} s"
 
 
-_SLO_RE = re.compile(r"^\s*p(\d+(?:\.\d+)?)\s*[=:<]=?\s*([0-9.eE+-]+)\s*(ms|s)?\s*$")
-
-
 def parse_plan_slo(text: str) -> PlanSlo:
-    """`p99=5`, `p99.9=800ms` (the syntax of `recommend --slo`)."""
-    m = _SLO_RE.match(str(text))
-    if not m:
-        raise InputError(f"--slo {text!r}: expected pNN=SECONDS, e.g. p99=5 or p99.9=800ms")
-    try:
-        bound = float(m.group(2))
-    except ValueError:
-        raise InputError(f"--slo {text!r}: {m.group(2)!r} is not a number") from None
-    if m.group(3) == "ms":
-        bound /= 1000.0
-    q = float(m.group(1))
-    if not 0 < q < 100:
-        raise InputError(f"--slo {text!r}: the percentile must be between 0 and 100 (exclusive)")
-    if not (bound > 0 and math.isfinite(bound)):
-        raise InputError(f"--slo {text!r}: the latency bound must be a positive number of seconds")
-    return PlanSlo(q, bound)
+    """`p99=5`, `p99.9=800ms`: recommend's --slo syntax (simtune.tuner.objective.parse_slo),
+    latency only (a plan is about end-to-end latency and capacity)."""
+    from simtune.tuner.objective import parse_slo
+
+    slo = parse_slo(text)
+    if slo.metric != "latency":
+        raise InputError(f"--slo {text!r}: plan takes a latency SLO (pNN=SECONDS), not {slo.metric}")
+    return PlanSlo(slo.percentile, slo.bound_s)
 
 
 def parse_multipliers(text: Any) -> list[float]:
