@@ -7,13 +7,14 @@ prints, writes as JSON, and that the tuner optimises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -177,15 +178,9 @@ class SimResult:
     # -- files ------------------------------------------------------------------------
     def write(self, out_dir: str | os.PathLike, slo_latency_s: Optional[float] = None, plot: bool = True,
               summary: Optional[dict] = None) -> Path:
-        """Write summary.json, requests.parquet, decisions.csv, replicas.csv, timeline.png.
-
-        Written into a temporary sibling folder and renamed at the end, so an
-        interrupted write never leaves a half-filled `out_dir`.
-        """
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        """Write summary.json, requests.parquet, decisions.csv, replicas.csv, timeline.png
+        (all at once: see `staged_dir`)."""
+        with staged_dir(out_dir) as tmp:
             summary = summary or self.summary(slo_latency_s)
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
             self.requests.to_parquet(tmp / "requests.parquet", index=False)
@@ -195,13 +190,26 @@ class SimResult:
                 from simtune.plots import plot_timeline
 
                 plot_timeline(self, tmp / "timeline.png", slo_latency_s=slo_latency_s)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
+        return Path(out_dir)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder to write into, renamed to `out_dir` when the block ends
+    without an error (replacing what was there) and removed otherwise: an interrupted
+    write never leaves a half-filled `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output folder is for sharing
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _json_default(obj: Any) -> Any:

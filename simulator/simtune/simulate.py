@@ -48,6 +48,25 @@ def sim_start_time(trace: Trace, spec: DeploymentSpec) -> float:
     return float(trace.timestamps[0]) - warmup
 
 
+def run_until_drained(env: simpy.Environment, dp, last: float, params: SimParams) -> float:
+    """Run past the last arrival until every request has ended (up to drain_limit_s), then
+    `tail_s` more; returns the horizon. `dp`: a DataPlane or simtune.app's AppDataPlane."""
+    env.run(until=last + 1e-9)
+    limit = last + params.drain_limit_s
+    step = 1.0
+    while not dp.idle() and env.now < limit:
+        env.run(until=min(env.now + step, limit))
+        step = min(step * 2, 60.0)
+    dp.advance(env.now)
+    ended = dp.end[np.isfinite(dp.end)]
+    horizon = max(last, float(ended.max()) if ended.size else last)
+    if params.tail_s > 0:
+        horizon += params.tail_s
+        if horizon > env.now:
+            env.run(until=horizon)
+    return horizon
+
+
 def simulate(
     trace: Trace,
     spec: DeploymentSpec,
@@ -85,19 +104,7 @@ def simulate(
     rng = np.random.default_rng([seed, 2])
     ctrl = Controller(env, spec, knobs, params, dp, rng, t_start, cluster=cluster)
     last = float(trace.timestamps[-1])
-    env.run(until=last + 1e-9)
-    limit = last + params.drain_limit_s
-    step = 1.0
-    while not dp.idle() and env.now < limit:
-        env.run(until=min(env.now + step, limit))
-        step = min(step * 2, 60.0)
-    dp.advance(env.now)
-    ended = dp.end[np.isfinite(dp.end)]
-    horizon = max(last, float(ended.max()) if ended.size else last)
-    if params.tail_s > 0:
-        horizon += params.tail_s
-        if horizon > env.now:
-            env.run(until=horizon)
+    horizon = run_until_drained(env, dp, last, params)
     if cluster is not None:
         cluster.finish(horizon)
     wall = time.perf_counter() - wall0

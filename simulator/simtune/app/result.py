@@ -9,9 +9,6 @@ deployments.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from simtune.app.calls import CallTable
-from simtune.results import SimResult, _json_default
+from simtune.results import SimResult, _json_default, staged_dir
 
 
 @dataclass
@@ -78,17 +75,14 @@ class AppResult:
 
 
     # -- files ------------------------------------------------------------------------
-    def write(self, out_dir: str | os.PathLike, slo_latency_s: Optional[float] = None, plot: bool = True,
+    def write(self, out_dir: "str | Path", slo_latency_s: Optional[float] = None, plot: bool = True,
               summary: Optional[dict] = None) -> Path:
         """summary.json, requests.parquet (end to end), calls.parquet (every call, with its
         deployment and request), replicas.csv/decisions.csv (with a deployment column) and
         timeline.png, written into a temporary sibling folder and renamed at the end."""
         import pandas as pd
 
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with staged_dir(out_dir) as tmp:
             summary = summary or self.summary(slo_latency_s)
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
             self.end_to_end.requests.to_parquet(tmp / "requests.parquet", index=False)
@@ -110,13 +104,7 @@ class AppResult:
             pd.concat(decs, ignore_index=True).to_csv(tmp / "decisions.csv", index=False)
             if plot:
                 plot_app_timeline(self, tmp / "timeline.png", slo_latency_s=slo_latency_s)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
+        return Path(out_dir)
 
 
 def plot_app_timeline(result: AppResult, path: str | Path, slo_latency_s: Optional[float] = None,

@@ -35,7 +35,7 @@ from simtune.errors import InputError
 from simtune.params import SimParams
 from simtune.ray_knobs import RayKnobs, ray_knobs
 from simtune.results import SimResult
-from simtune.simulate import sim_start_time
+from simtune.simulate import run_until_drained, sim_start_time
 from simtune.trace.model import Trace
 
 
@@ -82,20 +82,7 @@ def simulate_app(trace: Trace, app: AppSpec, params: Optional[SimParams] = None,
                    for d, spec in enumerate(specs)]
     for c in controllers:
         c.peers = controllers
-    last = float(trace.timestamps[-1])
-    env.run(until=last + 1e-9)
-    limit = last + params.drain_limit_s
-    step = 1.0
-    while not plane.idle() and env.now < limit:
-        env.run(until=min(env.now + step, limit))
-        step = min(step * 2, 60.0)
-    plane.advance(env.now)
-    ended = plane.end[np.isfinite(plane.end)]
-    horizon = max(last, float(ended.max()) if ended.size else last)
-    if params.tail_s > 0:
-        horizon += params.tail_s
-        if horizon > env.now:
-            env.run(until=horizon)
+    horizon = run_until_drained(env, plane, float(trace.timestamps[-1]), params)
     wall = time.perf_counter() - wall0
     results: dict[str, SimResult] = {}
     for d, (name, spec, ctrl) in enumerate(zip(names, specs, controllers)):

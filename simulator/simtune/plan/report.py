@@ -11,9 +11,6 @@ import base64
 import datetime as _dt
 import html
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +18,7 @@ import numpy as np
 
 from simtune.plan.plots import plot_nodes, plot_p99, plot_what_if
 from simtune.jsonutil import jsonable
+from simtune.results import staged_dir
 
 FIGURES = (
     ("p99.png", "Where the p99 comes from"),
@@ -270,9 +268,7 @@ def write_report(plan: Any, out_dir: str | Path, title: Optional[str] = None, co
 
     out_dir = Path(out_dir)
     title = title or f"Capacity plan: {plan.inputs['deployment']}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         pl = plan.planner
         cur = pl.result(1.0)
         runs = [("current", cur)]
@@ -291,11 +287,4 @@ def write_report(plan: Any, out_dir: str | Path, title: Optional[str] = None, co
         (tmp / "report.html").write_text(render_html(plan, figures, title), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(plan, list(figures), title), encoding="utf-8")
         (tmp / "plan.json").write_text(json.dumps(jsonable(plan.to_dict()), indent=1, default=str))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder is for sharing
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {p.name: p for p in sorted(out_dir.iterdir())}

@@ -44,9 +44,6 @@ import contextvars
 import logging
 import os
 import random
-import signal
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from simtune.errors import InputError
+from simtune.validate.harness import _no_interrupts, free_port as _free_port
 
 log = logging.getLogger(__name__)
 
@@ -130,28 +128,6 @@ def _make_standin_class(max_num_models_per_replica: int) -> type:
 
 
 # --------------------------------------------------------------------------- cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM while cleaning up (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
