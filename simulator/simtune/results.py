@@ -194,10 +194,13 @@ class SimResult:
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+def staged_dir(out_dir: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """A temporary sibling folder to write into, renamed to `out_dir` when the block ends
-    without an error (replacing what was there) and removed otherwise: an interrupted
-    write never leaves a half-filled `out_dir`."""
+    without an error and removed otherwise: an interrupted write never leaves a
+    half-filled `out_dir`. What was at `out_dir` is replaced, or (replace=False) the
+    rename is refused with an InputError."""
+    from simtune.errors import InputError
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -205,6 +208,8 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output folder is for sharing
         if out_dir.exists():
+            if not replace:
+                raise InputError(f"--out {out_dir}: already exists")
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:

@@ -29,7 +29,6 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import pandas as pd
 
 from simtune.errors import InputError
 from simtune.jsonutil import jsonable
+from simtune.results import staged_dir
 from simtune.validate import calibrate as cal
 from simtune.validate import compare as cmp
 from simtune.validate import observe
@@ -499,7 +499,7 @@ def run_app_validation(app: Any, trace: Any, opts: RealRunOptions, *, out_dir: P
     Returns a pipeline.ValidationResult (report = the fidelity.json content). `real`: a
     run already made (tests), else one is made here. `latency_windows`: see compare_app.
     """
-    from simtune.validate.pipeline import ValidationResult, _warnings
+    from simtune.validate.pipeline import ValidationResult, _warnings, finish
 
     say = progress or (lambda msg: None)
     gate = gate or cmp.Gate()
@@ -539,25 +539,12 @@ def run_app_validation(app: Any, trace: Any, opts: RealRunOptions, *, out_dir: P
         "real_run": {"load_generator": real.lag.to_dict(), "env": real.env, "raw": real.raw_records()},
     }
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, replace=False) as tmp:
         (tmp / "fidelity.json").write_text(json.dumps(jsonable(report), indent=1))
         plot_app_overlay(real, sim, tmp / "overlay.png", title=f"simtune validate {label}".strip())
         if not real.calls.empty:
             real.calls.to_csv(tmp / "calls.csv", index=False)
         if calibrate_to is not None:
             params.save(tmp / "calibrated_params.yaml")
-        if out_dir.exists():
-            raise InputError(f"--out {out_dir}: already exists")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if calibrate_to is not None:
-        Path(calibrate_to).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "calibrated_params.yaml", calibrate_to)
-    passed = valid and verdict["pass"]
-    if gate.any() and not verdict["pass"]:
-        reasons += [f"{c['metric']} = {c['value']} exceeds {c['limit']}" for c in verdict["checks"] if not c["pass"]]
+    passed = finish(out_dir, calibrate_to, valid, verdict, gate, reasons)
     return ValidationResult(out_dir, report, valid, passed, reasons)

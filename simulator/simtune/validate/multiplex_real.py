@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from simtune.errors import InputError
-from simtune.validate.harness import _no_interrupts, free_port as _free_port
+from simtune.validate.harness import _no_interrupts, delete_app as _delete_app, free_port as _free_port
 
 log = logging.getLogger(__name__)
 
@@ -162,25 +162,6 @@ def local_serve(num_cpus: Optional[int] = None) -> Iterator[dict]:
                 os.environ.pop("RAY_worker_niceness", None)
             else:
                 os.environ["RAY_worker_niceness"] = old_nice
-
-
-def _delete_app(app_name: str, timeout_s: float = 60.0) -> None:
-    from ray import serve
-
-    try:
-        serve.delete(app_name, _blocking=False)
-    except Exception as exc:
-        log.warning("deleting %s failed: %s", app_name, exc)
-        return
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if app_name not in serve.status().applications:
-                return
-        except Exception:
-            return
-        time.sleep(0.25)
-    log.warning("app %s still listed %.0f s after delete", app_name, timeout_s)
 
 
 # --------------------------------------------------------------------------- router view

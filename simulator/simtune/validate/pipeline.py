@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +28,7 @@ from simtune.validate import calibrate as cal
 from simtune.validate import compare as cmp
 from simtune.validate.harness import RealRun, RealRunOptions, run_real
 from simtune.jsonutil import jsonable
+from simtune.results import staged_dir
 
 
 @dataclass
@@ -114,6 +113,18 @@ def _warnings(runs: list[RealRun], diag: dict) -> list[str]:
     return out
 
 
+def finish(out_dir: Path, calibrate_to: Optional[str | Path], valid: bool, verdict: dict, gate: Any,
+           reasons: list[str]) -> bool:
+    """After the report folder is written: copy the calibrated parameters where asked,
+    add the failed gate checks to `reasons`; whether the validation passed."""
+    if calibrate_to is not None:
+        Path(calibrate_to).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "calibrated_params.yaml", calibrate_to)
+    if gate.any() and not verdict["pass"]:
+        reasons += [f"{c['metric']} = {c['value']} exceeds {c['limit']}" for c in verdict["checks"] if not c["pass"]]
+    return valid and verdict["pass"]
+
+
 def run_validation(
     spec: Any,
     trace: Any,
@@ -187,25 +198,12 @@ def run_validation(
         "real_runs": [{"load_generator": r.lag.to_dict(), "env": r.env, "raw": r.raw_records()} for r in runs],
     }
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, replace=False) as tmp:
         (tmp / "fidelity.json").write_text(json.dumps(jsonable(report), indent=1))
         cmp.plot_overlay(sides, tmp / "overlay.png", title=f"simtune validate {label}".strip())
         if calibrate_to is not None:
             cparams, cdiag = cal.calibrate(first, spec.max_ongoing_requests, seed=seed)
             cparams.save(tmp / "calibrated_params.yaml")
             (tmp / "calibration.json").write_text(json.dumps(jsonable(cdiag), indent=1))
-        if out_dir.exists():
-            raise InputError(f"--out {out_dir}: already exists")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if calibrate_to is not None:
-        Path(calibrate_to).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "calibrated_params.yaml", calibrate_to)
-    passed = valid and verdict["pass"]
-    if gate.any() and not verdict["pass"]:
-        reasons += [f"{c['metric']} = {c['value']} exceeds {c['limit']}" for c in verdict["checks"] if not c["pass"]]
+    passed = finish(out_dir, calibrate_to, valid, verdict, gate, reasons)
     return ValidationResult(out_dir, report, valid, passed, reasons)
