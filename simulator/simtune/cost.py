@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
 
 from simtune.errors import InputError
 
@@ -60,14 +59,10 @@ class PriceList:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "PriceList":
+        from simtune.serve_config import load_yaml_file
+
         path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(load_yaml_file(path), str(path))
 
     def price(self, group: str, instance_type: Optional[str] = None) -> Optional[float]:
         if group in self.node_types:

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from simtune.errors import InputError
 
@@ -273,14 +272,10 @@ def parse_topology(data: Any, source: str = "<topology>", base: Optional[Path] =
 
 
 def load_topology(path: str | Path) -> Topology:
+    from simtune.serve_config import load_yaml_file
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_topology(data, str(path), path.parent)
+    return parse_topology(load_yaml_file(path), str(path), path.parent)
 
 
 def topology_from_application(app: Any, service_time: str = "trace") -> tuple[Topology, dict[str, dict]]:
