@@ -292,3 +292,14 @@ def test_force_killed_caller_fails_its_request_and_the_downstream_call_runs_on(t
     assert 10.0 < e2e.end[killed] < 20.0  # at the kill, long before B's 60 s
     assert list(res.deployments["B"].status) == [200, 200]  # B's calls are not cancelled
     assert e2e.end[1 - killed] == pytest.approx(70.0, abs=0.01)
+
+
+def test_topology_option_takes_an_import_path(monkeypatch):
+    from simtune.app.topology import load_topology
+
+    monkeypatch.chdir(REPO / "tests")
+    topo = load_topology("app_graphs:app")
+    assert topo.ingress == "Ingress" and [c.to for c in topo.nodes["Ingress"].calls] == ["Embed", "Rank"]
+    assert topo.nodes["Ingress"].service_time == "trace" and topo.nodes["Rank"].service_time == "const:0"
+    with pytest.raises(InputError, match="no_such_mod:app.*cannot be imported"):
+        load_topology("no_such_mod:app")

@@ -272,8 +272,13 @@ def parse_topology(data: Any, source: str = "<topology>", base: Optional[Path] =
 
 
 def load_topology(path: str | Path) -> Topology:
+    """A topology YAML file, or an import path `module:app` of a bind graph (no such file,
+    a colon): the edges and options from the code, own times from defaults."""
     from simtune.serve_config import load_yaml_file
 
+    text = str(path)
+    if not Path(text).exists() and ":" in text and not text.endswith((".yaml", ".yml", ".json")):
+        return parse_topology({"import_path": text}, f"--topology {text}", Path.cwd())
     path = Path(path)
     return parse_topology(load_yaml_file(path), str(path), path.parent)
 

@@ -42,7 +42,8 @@ def run(
     deployment: Optional[str] = typer.Option(None, "--deployment", help="APP/NAME when the config has several."),
     topology: Optional[Path] = typer.Option(
         None, "--topology", help="Application topology YAML: simulate every deployment of the application together "
-        "(who calls whom, each one's own time and service model; see simtune.app.topology)."),
+        "(who calls whom, each one's own time and service model; see simtune.app.topology), or the import path "
+        "module:app of a Deployment.bind(...) graph."),
     trace_format: str = typer.Option("auto", "--trace-format", help="auto, csv, parquet, jsonl, azure_llm, mooncake, "
                                      "count (see `simtune trace --help`)."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Thin (<1) or superpose (>1) the trace's traffic."),
