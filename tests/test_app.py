@@ -303,3 +303,17 @@ def test_topology_option_takes_an_import_path(monkeypatch):
     assert topo.nodes["Ingress"].service_time == "trace" and topo.nodes["Rank"].service_time == "const:0"
     with pytest.raises(InputError, match="no_such_mod:app.*cannot be imported"):
         load_topology("no_such_mod:app")
+
+
+def test_the_documented_topology_example_parses():
+    import textwrap
+
+    import simtune.app.topology as T
+
+    doc = T.__doc__
+    block = doc[doc.index("    ingress: Preprocess"):doc.index("It can also be read")]
+    data = yaml.safe_load(textwrap.dedent(block))
+    topo = T.parse_topology(data, "docstring", REPO / "traces")
+    assert topo.order() == ["Preprocess", "Model", "Postprocess"]
+    assert topo.nodes["Postprocess"].multiplex.max_num_models_per_replica == 4
+    assert topo.streams_from == "Model" and topo.nodes["Model"].service_model.endswith("model_llm.yaml")

@@ -6,12 +6,14 @@ Serve composes deployments by passing bound deployments as constructor arguments
 (serve/_private/replica.py runs the handler as one task; the slot is released when the
 handler returns). Each downstream call goes through the *calling replica's* own
 handle router (serve/_private/router.py, one per handle per process), with its own
-queue and metrics (reference section 6).
+queue and metrics (reference section 6); simtune models one router per deployment,
+shared by its callers (simtune.app.simulate says what that changes).
 
 The topology YAML says what the code does at request time, which no config holds:
 
     ingress: Preprocess               # the deployment that receives the trace's requests
     application: default              # optional: the Serve config application
+    streams_from: Model               # optional: whose tokens the client gets (TTFT/TPOT)
     deployments:
       Preprocess:
         service_time: const:0.02      # own work per call: a --service-time spec, `trace`
@@ -23,14 +25,16 @@ The topology YAML says what the code does at request time, which no config holds
             probability: 1.0          # the call is made with this probability (seeded)
             count: 1                  # fan-out: this many calls
       Model:
-        service_time: lognormal:mean=0.2,p99=0.6
-        service_model: model.yaml     # optional: a service-model YAML file or mapping
-        multiplex:                    # optional: @serve.multiplexed
-          max_num_models_per_replica: 4
-          load_time: const:2.0
-          model_id_column: model_id
+        calls: [Postprocess]
+        service_model: model_llm.yaml # optional: a service-model YAML file or mapping
         model_after_calls: false      # true: the service model runs after the downstream calls
-      Postprocess: {service_time: const:0.01}
+                                      # (its service_time is then the wait before the model)
+      Postprocess:
+        service_time: const:0.01
+        multiplex:                    # optional: @serve.multiplexed (fixed service times)
+          max_num_models_per_replica: 4
+          load_time: const:2.0        # a miss loads the model (behind the replica's lock)
+          model_id_column: model_id   # the trace's column of model ids
 
 It can also be read from a Python `Deployment.bind(...)` graph where the user's code is
 importable: `import_path: module:app` (Serve's own import-path syntax) takes the edges and
