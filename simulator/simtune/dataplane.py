@@ -79,6 +79,17 @@ def _sleep_before(si, sf, attempts_done):
 
 
 @nb.njit(cache=True, _nrt=False, inline="always")
+def expire_queue_head(t, si, queue, status, end):
+    """The oldest queued request reached request_timeout_s at t while still queued: 408."""
+    i = queue[si[Q_HEAD]]
+    status[i] = TIMED_OUT
+    end[i] = t
+    si[Q_HEAD] += 1
+    if si[R_PTR] < si[Q_HEAD]:
+        si[R_PTR] = si[Q_HEAD]
+
+
+@nb.njit(cache=True, _nrt=False, inline="always")
 def _pick(si, routable, ongoing):
     """One power-of-two-choices attempt over every routable replica: a replica id, or -1."""
     return pow2_pick(routable, si[N_ROUTABLE], si[CAP], ongoing)
@@ -240,12 +251,7 @@ def advance_kernel(t_until, si, sf, arr_t, svc, queue, start, end, status, repli
         if t > t_until:
             break
         if t_exp <= t_heap and t_exp <= t_arr:
-            i = queue[si[Q_HEAD]]
-            status[i] = TIMED_OUT
-            end[i] = t_exp
-            si[Q_HEAD] += 1
-            if si[R_PTR] < si[Q_HEAD]:
-                si[R_PTR] = si[Q_HEAD]
+            expire_queue_head(t_exp, si, queue, status, end)
             continue
         if t_heap <= t_arr:
             tt, v = _heap_pop(ht, hv, si)

@@ -51,7 +51,7 @@ import math
 import numba as nb
 import numpy as np
 
-from simtune.service_models.kernels import CAP, N_ROUTABLE, Q_HEAD, Q_TAIL, R_PTR, pow2_pick
+from simtune.service_models.kernels import CAP, N_ROUTABLE, Q_HEAD, Q_TAIL, R_PTR, pow2_pick, remove_queued_at
 
 MX_TIMEOUT, MX_VIEW_DELAY, MX_K = 0, 1, 2
 
@@ -184,17 +184,7 @@ def mux_take(m, si, queue, task_own, mid):
         if si[R_PTR] < h + 1:
             si[R_PTR] = h + 1
         return i
-    for j in range(p, tail - 1):
-        queue[j] = queue[j + 1]
-    si[Q_TAIL] = tail - 1
-    if si[R_PTR] > p:
-        si[R_PTR] -= 1
-    for k in range(task_own.shape[0]):
-        o = task_own[k]
-        if o == p:
-            task_own[k] = -1
-        elif o > p:
-            task_own[k] = o - 1
+    remove_queued_at(p, si, queue, task_own)
     return i
 
 

@@ -37,15 +37,15 @@ from __future__ import annotations
 import math
 
 import numba as nb
-import numpy as np
 
 from simtune.dataplane import (
-    MAX_TASKS, TASK_FREE, TASK_WAITING, _maybe_start_tasks, _model_heap_event, _run_task, kill_kernel,
+    _maybe_start_tasks, _model_heap_event, _run_task, expire_queue_head, kill_kernel,
 )
 from simtune.service_models.kernels import (
-    A_PTR, CALL_OVERHEAD, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_ISSUE, EV_BITS, EV_DEADLINE, EV_DONE, EV_MASK, EV_TASK, FAILED, HEAP_N, MAX_QUEUED,
-    MK_FIXED, MODEL, N_EV, N_INFLIGHT, N_REQ, OK, PENDING, Q_HEAD, Q_TAIL, R_PTR, REJECTED, RUNNING, TIMED_OUT,
-    TIMEOUT, heap_push, heap_pop, heapify, model_cancel, model_kill, release_slot,
+    A_PTR, CALL_OVERHEAD, CALLS_FIRST, CANCELLED, EV_ADMIT, EV_BITS, EV_DEADLINE, EV_DONE, EV_ISSUE, EV_MASK,
+    EV_TASK, FAILED, HEAP_N, MAX_QUEUED, MK_FIXED, MODEL, N_EV, N_INFLIGHT, N_REQ, OK, PENDING, Q_HEAD, Q_TAIL,
+    REJECTED, RUNNING, TIMED_OUT,
+    TIMEOUT, heap_push, heap_pop, heapify, model_cancel, release_slot, remove_queued_at,
 )
 
 MODE_SEQUENTIAL, MODE_PARALLEL = 0, 1
@@ -96,26 +96,10 @@ def _enqueue(t, k, SI, SF, arr_t, svc, queue, start, end, status, replica, ONG, 
 @nb.njit(cache=True, _nrt=False)
 def _dequeue(k, si, queue, task_own):
     """Remove pending call k from its deployment's queue (a cancelled request)."""
-    h = si[Q_HEAD]
-    tail = si[Q_TAIL]
-    p = -1
-    for j in range(h, tail):
-        if queue[j] == k:
-            p = j
-            break
-    if p < 0:
-        return
-    for j in range(p, tail - 1):
-        queue[j] = queue[j + 1]
-    si[Q_TAIL] = tail - 1
-    if si[R_PTR] > p:
-        si[R_PTR] -= 1
-    for m in range(MAX_TASKS):
-        o = task_own[m]
-        if o == p:
-            task_own[m] = -1
-        elif o > p:
-            task_own[m] = o - 1
+    for p in range(si[Q_HEAD], si[Q_TAIL]):
+        if queue[p] == k:
+            remove_queued_at(p, si, queue, task_own)
+            return
 
 
 @nb.njit(cache=True, _nrt=False)
@@ -306,12 +290,7 @@ def app_advance(t_until, ingress, SI, SF, arr_t, svc, queue, start, end, status,
         if t > t_until:
             break
         if t_exp <= t_heap and t_exp <= t_arr:
-            i = queue[si0[Q_HEAD]]
-            status[i] = TIMED_OUT
-            end[i] = t_exp
-            si0[Q_HEAD] += 1
-            if si0[R_PTR] < si0[Q_HEAD]:
-                si0[R_PTR] = si0[Q_HEAD]
+            expire_queue_head(t_exp, si0, queue, status, end)
             continue
         if t_heap <= t_arr:
             si = SI[d]

@@ -157,14 +157,12 @@ def root_logging_kept():
 
 
 def _llm_config_class() -> Any:
-    # Importing ray.llm logs "Could not import torch/transformers" warnings (not ours to
-    # show) and reconfigures the root logger: keep the caller's logging as it was.
+    # Importing ray.llm logs "Could not import torch/transformers" warnings: not ours to show.
     quiet = logging.getLogger("ray.llm._internal.common.utils.import_utils")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with root_logging_kept():
-            from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     finally:
         quiet.setLevel(level)
     return LLMConfig
@@ -501,6 +499,7 @@ def _specs(options: dict[str, dict], source: str, app_name: str, timeout: Option
 # ----------------------------------------------------------------------------- public
 
 
+@root_logging_kept()  # ray.llm, imported on the way, reconfigures the root logger
 def load_pd_app(config: Union[str, Path, dict], engine: Any, *, kv_bytes_per_token: float,
                 kv_bandwidth_gbps: float, kv_latency_s: float = 0.0, application: Optional[str] = None,
                 ingress_time: str = "const:0") -> tuple[AppSpec, Callable[[Trace], Trace]]:
@@ -556,6 +555,7 @@ def pd_roles(app: AppSpec) -> dict[str, str]:
     return {"ingress": topo.ingress, "prefill": topo.nodes[dec].calls[0].to, "decode": dec}
 
 
+@root_logging_kept()  # ray.llm, imported on the way, reconfigures the root logger
 def colocated_app(config: Union[str, Path, dict], engine: Any, *, application: Optional[str] = None,
                   deployment_config: Optional[dict] = None, ingress_time: str = "const:0") -> AppSpec:
     """The non-disaggregated baseline: OpenAiIngress -> one LLMServer deployment running

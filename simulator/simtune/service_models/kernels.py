@@ -196,6 +196,25 @@ def _msched(t, r, si, ht, hv, status, M):
 
 
 @nb.njit(cache=True, _nrt=False)
+def remove_queued_at(p, si, queue, task_own):
+    """Take the pending request at queue position p (>= Q_HEAD) out of the handle's FIFO
+    queue: later positions shift down, and so do the routing tasks' own positions (a task
+    whose own request this was goes on with the next one)."""
+    tail = si[Q_TAIL]
+    for j in range(p, tail - 1):
+        queue[j] = queue[j + 1]
+    si[Q_TAIL] = tail - 1
+    if si[R_PTR] > p:
+        si[R_PTR] -= 1
+    for k in range(task_own.shape[0]):
+        o = task_own[k]
+        if o == p:
+            task_own[k] = -1
+        elif o > p:
+            task_own[k] = o - 1
+
+
+@nb.njit(cache=True, _nrt=False)
 def pow2_pick(cand, n, cap, ongoing):
     """Power of two choices among the n candidate replica ids in cand (pow_2_router.py:
     choose_replicas, then the lowest count below max_ongoing_requests): a replica, or -1."""

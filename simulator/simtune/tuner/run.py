@@ -47,7 +47,6 @@ from simtune.tuner.problem import (Problem, app_traffic_stats, build_scenarios, 
 from simtune.tuner.space import CONCURRENCY_AWARE, apply_app_space_file, apply_space_file, default_space
 from simtune.tuner.study import (METRICS, SLOT, Search, SearchSettings, open_storage, open_study,
                                  trial_entry, trial_metrics)
-from simtune.app.pd import root_logging_kept
 from simtune.tuner.target import AppTarget, DeploymentTarget, FixedAppTarget, PDSource, PDTarget
 
 log = logging.getLogger(__name__)
@@ -385,9 +384,7 @@ def _app_target(o: RecommendOptions) -> AppTarget:
     app = load_app(o.config, o.topology)
     names = app.names
     if o.tune:
-        wanted = [t.strip() for item in o.tune for t in str(item).split(",") if t.strip()]
-        if not wanted:
-            raise InputError("--tune: give deployment names, e.g. --tune Model,Postprocess")
+        wanted = _tune_names(o.tune, "deployment names, e.g. --tune Model,Postprocess")
         unknown = [t for t in wanted if t not in names]
         if unknown:
             raise InputError(f"--tune {unknown[0]!r}: no such deployment in application {app.app_name!r} of "
@@ -402,6 +399,14 @@ def _app_target(o: RecommendOptions) -> AppTarget:
     return AppTarget(app, tuned, {n: Base.from_spec(app.specs[n]) for n in tuned})
 
 
+def _tune_names(tune: Sequence[str], what: str) -> list[str]:
+    """--tune values: repeated and/or comma-separated names."""
+    wanted = [t.strip() for item in tune for t in str(item).split(",") if t.strip()]
+    if not wanted:
+        raise InputError(f"--tune: give {what}")
+    return wanted
+
+
 def _pd_target(o: RecommendOptions) -> PDTarget:
     """The prefill/decode application of --config + --pd-engine and the deployments tuned:
     prefill and decode by default; --tune takes roles (prefill, decode, ingress) or names."""
@@ -410,14 +415,11 @@ def _pd_target(o: RecommendOptions) -> PDTarget:
 
     kv = {"kv_bytes_per_token": float(o.kv_bytes_per_token), "kv_bandwidth_gbps": float(o.kv_bandwidth_gbps),
           "kv_latency_s": float(o.kv_latency_s or 0.0)}
-    with root_logging_kept():
-        app, transform = load_pd_app(o.config, o.pd_engine, **kv)
+    app, transform = load_pd_app(o.config, o.pd_engine, **kv)
     roles = pd_roles(app)
     by_role = {**{n: n for n in app.names}, **roles}
     if o.tune:
-        wanted = [t.strip() for item in o.tune for t in str(item).split(",") if t.strip()]
-        if not wanted:
-            raise InputError("--tune: give roles or deployment names, e.g. --tune prefill,decode,ingress")
+        wanted = _tune_names(o.tune, "roles or deployment names, e.g. --tune prefill,decode,ingress")
         unknown = [t for t in wanted if t not in by_role]
         if unknown:
             raise InputError(f"--tune {unknown[0]!r}: not a role (prefill, decode, ingress) or deployment of "

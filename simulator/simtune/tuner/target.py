@@ -291,10 +291,9 @@ class PDSource:
 
     def load(self, config: Any):
         """The AppSpec of `config` (a file or a parsed document) with this engine and link."""
-        from simtune.app.pd import root_logging_kept, load_pd_app
+        from simtune.app.pd import load_pd_app
 
-        with root_logging_kept():
-            return load_pd_app(config, self.engine, **self.kv, application=self.application)[0]
+        return load_pd_app(config, self.engine, **self.kv, application=self.application)[0]
 
 
 @dataclass

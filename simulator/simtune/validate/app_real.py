@@ -46,7 +46,7 @@ from simtune.validate import observe
 from simtune.validate.app_standin import REQUEST_TEMPLATE, CallPlan, build_app_standin, call_plan
 from simtune.validate.harness import (
     RealRun, RealRunOptions, _requests_frame, _sigterm_as_interrupt, deployed_application, ray_cluster,
-    replay_observed, wait_steady,
+    replay_observed, run_env, wait_steady,
 )
 from simtune.validate.loadgen import LagVerdict, judge_lag
 
@@ -256,22 +256,9 @@ def run_real_app(app: Any, trace: Any, opts: RealRunOptions, seed: int = 0) -> R
     requests = _requests_frame(raw)
     verdict = judge_lag(requests["lag"].to_numpy(), opts.max_p99_lag_s, opts.max_lag_s)
     polls = observers[ingress].obs.polls_frame()
-    env = {
-        "cluster": "local" if cluster["local"] else f"address {opts.address}",
-        "ray_version": cluster["ray_version"],
-        "initial_state": initial,
-        "loadavg_1min_start": load_start[0],
-        "loadavg_1min_max": float(polls["loadavg1"].max()) if not polls.empty else None,
-        "loadavg_1min_end": os.getloadavg()[0],
-        "load_generator_cpu_s": side.get("cpu_s"),
-        "load_generator_errors": side.get("errors", {}),
-        "poll_interval_s": opts.poll_interval_s,
-        "cpu_count": os.cpu_count(),
-        "startup_s_configured": opts.startup_s,
-        "call_records": "replica records" if not calls.empty else "none (remote cluster)",
-        "plan_seed": seed,
-        "ray_worker_niceness": opts.worker_niceness if cluster["local"] else "cluster's own",
-    }
+    env = run_env(cluster, opts, initial, load_start, polls, side)
+    env.update({"call_records": "replica records" if not calls.empty else "none (remote cluster)",
+                "plan_seed": seed})
     deployments: dict[str, RealRun] = {}
     for name in names:
         obs = observers[name].obs

@@ -455,6 +455,26 @@ def replay_observed(url: str, trace: Any, workdir: Path, opts: RealRunOptions, r
             o.stop()
 
 
+def run_env(cluster: dict, opts: RealRunOptions, initial: Any, load_start: Any, polls: pd.DataFrame,
+            side: dict) -> dict:
+    """What the run's machine and settings were (kept in fidelity.json): load, Ray version,
+    the load generator's CPU and errors."""
+    return {
+        "cluster": "local" if cluster["local"] else f"address {opts.address}",
+        "ray_version": cluster["ray_version"],
+        "initial_state": initial,
+        "loadavg_1min_start": load_start[0],
+        "loadavg_1min_max": float(polls["loadavg1"].max()) if not polls.empty else None,
+        "loadavg_1min_end": os.getloadavg()[0],
+        "load_generator_cpu_s": side.get("cpu_s"),
+        "load_generator_errors": side.get("errors", {}),
+        "poll_interval_s": opts.poll_interval_s,
+        "cpu_count": os.cpu_count(),
+        "startup_s_configured": opts.startup_s,
+        "ray_worker_niceness": opts.worker_niceness if cluster["local"] else "cluster's own",
+    }
+
+
 def run_real(spec: Any, trace: Any, opts: RealRunOptions) -> RealRun:
     """One complete real run. Raises RealRunError/InputError; KeyboardInterrupt passes."""
     if trace.service_time is None and not opts.import_path:
@@ -489,22 +509,11 @@ def run_real(spec: Any, trace: Any, opts: RealRunOptions) -> RealRun:
     tl = observe.timeline(obs, t0)
     reps = observe.replica_lifecycles(obs, t0, decisions)
     polls = obs.polls_frame()
-    env = {
-        "cluster": "local" if cluster["local"] else f"address {opts.address}",
-        "ray_version": cluster["ray_version"],
-        "initial_state": initial,
-        "loadavg_1min_start": load_start[0],
-        "loadavg_1min_max": float(polls["loadavg1"].max()) if not polls.empty else None,
-        "loadavg_1min_end": os.getloadavg()[0],
-        "load_generator_cpu_s": side.get("cpu_s"),
-        "load_generator_errors": side.get("errors", {}),
-        "poll_interval_s": opts.poll_interval_s,
+    env = run_env(cluster, opts, initial, load_start, polls, side)
+    env.update({
         "poll_rpc_p99_s": float(polls["rpc_s"].quantile(0.99)) if not polls.empty else None,
         "poll_gap_max_s": float(np.diff(polls["t"]).max()) if len(polls) > 1 else None,
         "decision_source": "controller log + polls" if logged is not None and not logged.empty else "polls",
-        "cpu_count": os.cpu_count(),
-        "startup_s_configured": opts.startup_s,
-        "ray_worker_niceness": opts.worker_niceness if cluster["local"] else "cluster's own",
-    }
+    })
     return RealRun(t0=t0, app_name=app_name, requests=requests, timeline=tl, decisions=decisions,
                    replicas=reps, lag=verdict, end_s=end_s, env=env, observation=obs)
